@@ -1,0 +1,72 @@
+"""Decoding photos into model input. Used alike by training (Petastorm) and scoring (pandas UDF)."""
+
+from __future__ import annotations
+
+import io
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Refuse images whose header claims more pixels than this before decoding them.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageDecodeError(ValueError):
+    """A photo's bytes could not be turned into model input."""
+
+
+def decode_image(content: bytes, size: int) -> np.ndarray:
+    """Decode image bytes to a ``size`` x ``size`` RGB float32 array scaled to [0, 1].
+
+    Parameters
+    ----------
+    content : bytes
+        An encoded image (JPEG, PNG, GIF, WebP, ...).
+    size : int
+        Side of the square output in pixels; the image is resized without keeping aspect ratio,
+        as the catalog photos are square studio shots.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(size, size, 3)``, dtype float32.
+
+    Raises
+    ------
+    ImageDecodeError
+        If the bytes are empty, not an image, truncated, or too large.
+    """
+    if not content:
+        raise ImageDecodeError("empty image")
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            # JPEG only: let libjpeg decode at a reduced scale, much cheaper than full decode + resize.
+            image.draft("RGB", (size, size))
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"{type(error).__name__}: {error}") from error
+
+
+def decode_batch(contents: Iterable[bytes | None], size: int) -> tuple[np.ndarray, list[str | None]]:
+    """Decode many images; failures are reported, not raised.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        Shape ``(n_ok, size, size, 3)``: the images that decoded, in input order.
+    errors : list of (str or None)
+        One entry per input: None where it decoded, else the reason.
+    """
+    decoded: list[np.ndarray] = []
+    errors: list[str | None] = []
+    for content in contents:
+        try:
+            decoded.append(decode_image(content if content is not None else b"", size))
+            errors.append(None)
+        except ImageDecodeError as error:
+            errors.append(str(error))
+    images = np.stack(decoded) if decoded else np.zeros((0, size, size, 3), dtype=np.float32)
+    return images, errors

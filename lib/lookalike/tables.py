@@ -1,0 +1,111 @@
+"""Where each table lives, creating it from its schema, and registering it for Spark SQL."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Mapping
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from schemas import ALL_TABLES, TableSchema
+
+log = logging.getLogger(__name__)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def checked_identifier(name: str) -> str:
+    """Return ``name`` if it is a plain SQL identifier, else raise; it is then safe inside backticks."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a valid database or table name (letters, digits, underscore)")
+    return name
+
+
+def storage_root(config: Mapping[str, Any]) -> str:
+    """The folder (any Hadoop path) that tables, models and caches live under."""
+    return str(config["storage"]["root"]).rstrip("/")
+
+
+def table_path(config: Mapping[str, Any], table: TableSchema) -> str:
+    """Path of a table's Delta folder."""
+    return f"{storage_root(config)}/tables/{table.name}"
+
+
+def qualified_name(config: Mapping[str, Any], table: TableSchema) -> str:
+    """``database.table`` as registered in the Spark SQL catalog."""
+    return f"`{checked_identifier(config['storage']['database'])}`.`{checked_identifier(table.name)}`"
+
+
+def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSchema) -> DeltaTable:
+    """Create the Delta table from its schema if it does not exist yet, with comments and constraints.
+
+    Returns
+    -------
+    DeltaTable
+        The table at its path.
+    """
+    path = table_path(config, table)
+    builder = (
+        DeltaTable.createIfNotExists(spark)
+        .location(path)
+        .comment(table.comment)
+        .addColumns(table.spark_schema)
+        # Keep at least a week of history for time travel and rollback.
+        .property("delta.logRetentionDuration", "interval 30 days")
+        .property("delta.deletedFileRetentionDuration", "interval 7 days")
+    )
+    if table.partition_by:
+        builder = builder.partitionedBy(*table.partition_by)
+    delta_table = builder.execute()
+    existing = {
+        row["key"].removeprefix("delta.constraints.")
+        for row in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
+        if row["key"].startswith("delta.constraints.")
+    }
+    for name, expression in table.constraints.items():
+        if name.lower() not in existing:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {checked_identifier(name)} CHECK ({expression})")
+    return delta_table
+
+
+def read_table(spark: SparkSession, config: Mapping[str, Any], table: TableSchema) -> DataFrame:
+    """Read the current version of a table."""
+    return spark.read.format("delta").load(table_path(config, table))
+
+
+def conform(df: DataFrame, table: TableSchema) -> DataFrame:
+    """Select and cast ``df``'s columns to the table's schema, in its order.
+
+    Raises
+    ------
+    ValueError
+        If a column of the table is missing from ``df``.
+    """
+    missing = [c for c in table.column_names if c not in df.columns]
+    if missing:
+        raise ValueError(f"cannot write {table.name}: missing columns {missing}")
+    return df.select([df[c.name].cast(c.data_type).alias(c.name) for c in table.columns])
+
+
+def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]:
+    """Create every table if needed and register it in the configured Spark SQL database.
+
+    Returns
+    -------
+    list of str
+        The qualified names registered.
+    """
+    database = checked_identifier(config["storage"]["database"])
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    names = []
+    for table in ALL_TABLES:
+        # The qualified location, so the catalog entry does not depend on the working directory.
+        location = ensure_table(spark, config, table).detail().first()["location"].replace("'", "\\'")
+        name = qualified_name(config, table)
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION '{location}'")
+        names.append(name)
+    log.info("registered %d tables in database %s", len(names), database)
+    return names
+
