@@ -13,7 +13,7 @@ EMBEDDINGS = TableSchema(
         Column("given_category", StringType(), "Category from the catalog; null when not given."),
         Column("predicted_category", StringType(), "Classifier's most probable category.", nullable=False),
         Column("confidence", FloatType(), "Classifier's probability for predicted_category.", nullable=False),
-        Column("embedding", ArrayType(FloatType(), False), "L2-normalised image embedding.", nullable=False),
+        Column("embedding", ArrayType(FloatType()), "L2-normalised image embedding.", nullable=False),
         Column("price", DoubleType(), "Item price.", nullable=False),
         Column("price_band", IntegerType(), "Price band index within the category (0 = cheapest).", nullable=False),
         Column("image_hash", StringType(), "SHA-256 of the photo that was scored.", nullable=False),

@@ -18,7 +18,7 @@ class ImageDecodeError(ValueError):
 
 
 def decode_image(content: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to a ``size`` x ``size`` RGB float32 array scaled to [0, 1].
+    """Decode image bytes to a ``size`` x ``size`` RGB uint8 array (the models rescale to [0, 1]).
 
     Parameters
     ----------
@@ -31,7 +31,7 @@ def decode_image(content: bytes, size: int) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Shape ``(size, size, 3)``, dtype float32.
+        Shape ``(size, size, 3)``, dtype uint8.
 
     Raises
     ------
@@ -45,7 +45,7 @@ def decode_image(content: bytes, size: int) -> np.ndarray:
             # JPEG only: let libjpeg decode at a reduced scale, much cheaper than full decode + resize.
             image.draft("RGB", (size, size))
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+            return np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"{type(error).__name__}: {error}") from error
 
@@ -68,5 +68,5 @@ def decode_batch(contents: Iterable[bytes | None], size: int) -> tuple[np.ndarra
             errors.append(None)
         except ImageDecodeError as error:
             errors.append(str(error))
-    images = np.stack(decoded) if decoded else np.zeros((0, size, size, 3), dtype=np.float32)
+    images = np.stack(decoded) if decoded else np.zeros((0, size, size, 3), dtype=np.uint8)
     return images, errors

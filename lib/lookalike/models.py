@@ -1,0 +1,142 @@
+"""Keras models: category classifier, convolutional autoencoder, ResNet50 backbone, and the scorer.
+
+Every model takes uint8-range RGB pixels (``image_size`` x ``image_size`` x 3) and rescales them
+itself, so training and scoring feed the same decoded arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import keras
+from keras import layers
+
+EMBEDDING_LAYER = "embedding"
+
+
+def build_classifier(*, num_classes: int, image_size: int, embedding_dim: int, seed: int = 0) -> keras.Model:
+    """A small CNN category classifier whose penultimate layer (named ``embedding``) can embed images.
+
+    Returns
+    -------
+    keras.Model
+        Softmax over ``num_classes``.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.RandomFlip("horizontal")(x)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    x = layers.Dense(embedding_dim, activation="relu", name=EMBEDDING_LAYER)(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def build_autoencoder(*, image_size: int, embedding_dim: int, seed: int = 0) -> tuple[keras.Model, keras.Model]:
+    """A convolutional autoencoder; its bottleneck is the embedding.
+
+    Returns
+    -------
+    autoencoder : keras.Model
+        Pixels -> reconstructed pixels in [0, 1].
+    encoder : keras.Model
+        Pixels -> embedding (the bottleneck), sharing weights with ``autoencoder``.
+    """
+    if image_size % 8:
+        raise ValueError(f"autoencoder needs an image size divisible by 8, got {image_size}")
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)
+    code = layers.Dense(embedding_dim, name=EMBEDDING_LAYER)(x)
+    encoder = keras.Model(inputs, code, name="encoder")
+
+    side = image_size // 8
+    y = layers.Dense(side * side * 128, activation="relu")(code)
+    y = layers.Reshape((side, side, 128))(y)
+    for filters in (128, 64, 32):
+        y = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(y)
+    reconstruction = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="reconstruction")(y)
+    autoencoder = keras.Model(inputs, reconstruction, name="autoencoder")
+    return autoencoder, encoder
+
+
+def build_resnet50_embedder(*, image_size: int, weights_path: str) -> keras.Model:
+    """ResNet50 without its top, average-pooled, with weights read from a local file (never downloaded).
+
+    Caffe-style preprocessing (RGB->BGR, ImageNet mean subtraction) is a fixed 1x1 convolution, so
+    the saved model holds no Lambda layer.
+    """
+    if not weights_path:
+        raise ValueError("the resnet50 embedding needs model.resnet50_weights: a local .h5 weights file")
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    to_bgr = layers.Conv2D(3, 1, use_bias=True, trainable=False, name="caffe_preprocess")
+    x = to_bgr(inputs)
+    to_bgr.set_weights(
+        [np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3), -np.array([103.939, 116.779, 123.68], np.float32)]
+    )
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=weights_path, input_shape=(image_size, image_size, 3), pooling="avg"
+    )
+    backbone.trainable = False
+    return keras.Model(inputs, backbone(x), name="resnet50_embedder")
+
+
+def penultimate_embedder(classifier: keras.Model) -> keras.Model:
+    """The classifier up to its penultimate (``embedding``) layer, sharing its weights."""
+    return keras.Model(classifier.inputs, classifier.get_layer(EMBEDDING_LAYER).output, name="penultimate")
+
+
+def build_scorer(
+    classifier: keras.Model,
+    embedder: keras.Model | None = None,
+    *,
+    embedding_mean: np.ndarray | None = None,
+    embedding_variance: np.ndarray | None = None,
+) -> keras.Model:
+    """One model that scores a batch once: class probabilities and an L2-normalised embedding.
+
+    Raw embeddings of every image share a large common component (ReLU features, autoencoder
+    codes), which makes all cosines close to 1. Standardising each dimension with the catalog's
+    mean and variance before normalising removes it.
+
+    Parameters
+    ----------
+    classifier : keras.Model
+        The category classifier.
+    embedder : keras.Model, optional
+        Image -> embedding. Default: the classifier's penultimate layer, computed in the same pass.
+    embedding_mean, embedding_variance : numpy.ndarray, optional
+        Per-dimension statistics of the raw embeddings over the catalog.
+
+    Returns
+    -------
+    keras.Model
+        Outputs ``{"probabilities": (n, classes), "embedding": (n, dim)}``.
+    """
+    inputs = keras.Input(classifier.input_shape[1:], name="pixels")
+    if embedder is None:
+        both = keras.Model(classifier.inputs, [classifier.output, classifier.get_layer(EMBEDDING_LAYER).output])
+        probabilities, embedding = both(inputs)
+    else:
+        probabilities, embedding = classifier(inputs), embedder(inputs)
+    if embedding_mean is not None:
+        variance = embedding_variance if embedding_variance is not None else np.ones_like(embedding_mean)
+        embedding = layers.Normalization(mean=embedding_mean, variance=np.maximum(variance, 1e-6), name="standardise")(
+            embedding
+        )
+    outputs = {
+        "probabilities": layers.Identity(name="probabilities")(probabilities),
+        "embedding": layers.UnitNormalization(name="embedding")(embedding),
+    }
+    return keras.Model(inputs, outputs, name="scorer")
