@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from lookalike.tables import storage_root
+
 SCORER_FILE = "scorer.keras"
 
 
@@ -33,7 +35,10 @@ class ModelManifest:
 
 def model_root(config: Mapping[str, Any]) -> Path:
     """Folder of the model store (a local or mounted path; Keras saves to local files)."""
-    return Path(str(config["storage"]["root"])) / "models"
+    root = storage_root(config)
+    if ":" in root.split("/")[0]:
+        raise ValueError(f"the model store must be a local or mounted path, not {root!r}")
+    return Path(root) / "models"
 
 
 def file_sha256(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any, Mapping
 
@@ -24,8 +25,15 @@ def checked_identifier(name: str) -> str:
 
 
 def storage_root(config: Mapping[str, Any]) -> str:
-    """The folder (any Hadoop path) that tables, models and caches live under."""
-    return str(config["storage"]["root"]).rstrip("/")
+    """The folder (any Hadoop path) that tables, models and caches live under.
+
+    A path without a scheme is a local path, made absolute so that table locations do not
+    depend on the working directory.
+    """
+    root = str(config["storage"]["root"]).rstrip("/")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", root):
+        return root
+    return os.path.abspath(root)
 
 
 def table_path(config: Mapping[str, Any], table: TableSchema) -> str:

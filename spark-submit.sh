@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Submit a lookalike job with the Delta jars, the packaged library and the project's interpreter.
+#
+#   ./spark-submit.sh [spark-submit options] jobs/<job>.py [job options]
+#   ./spark-submit.sh --master yarn --deploy-mode client jobs/index.py --profile cluster
+#
+# --master defaults to local[*]; any other spark-submit option is passed through. Runs from the
+# repository root, so relative paths (conf/, storage.root) resolve there. Needs scripts/setup.sh.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$repo"
+
+if [[ ! -x .venv/bin/spark-submit ]] || ! ls .jars/delta-spark_*.jar >/dev/null 2>&1; then
+  echo "spark-submit.sh: not set up yet; run scripts/setup.sh (or make demo / make test)" >&2
+  exit 2
+fi
+
+spark_args=()
+master_given=false
+driver_memory_given=false
+while [[ $# -gt 0 && "$1" != *.py ]]; do
+  case "$1" in
+    --master) master_given=true ;;
+    --master=*) master_given=true ;;
+    --driver-memory|--driver-memory=*) driver_memory_given=true ;;
+  esac
+  spark_args+=("$1")
+  shift
+done
+if [[ $# -eq 0 ]]; then
+  echo "usage: ./spark-submit.sh [spark-submit options] jobs/<job>.py [job options]" >&2
+  exit 2
+fi
+$master_given || spark_args=(--master "local[*]" "${spark_args[@]}")
+$driver_memory_given || spark_args=(--driver-memory "${LOOKALIKE_DRIVER_MEMORY:-6g}" "${spark_args[@]}")
+
+# Ship the library (and the table schemas) to the executors as one zip.
+mkdir -p dist
+.venv/bin/python - <<'PY'
+import pathlib, zipfile
+with zipfile.ZipFile("dist/lookalike.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+    for package, root in (("lookalike", pathlib.Path("lib/lookalike")), ("schemas", pathlib.Path("schemas"))):
+        for path in sorted(root.rglob("*.py")):
+            archive.write(path, f"{package}/{path.relative_to(root)}")
+PY
+
+jars=$(ls "$repo"/.jars/*.jar | paste -sd, -)
+python="$repo/.venv/bin/python"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$python}"
+export LOOKALIKE_JARS_DIR="$repo/.jars"
+
+exec .venv/bin/spark-submit \
+  "${spark_args[@]}" \
+  --jars "$jars" \
+  --py-files dist/lookalike.zip \
+  --conf "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" \
+  --conf "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog" \
+  --conf "spark.pyspark.python=$PYSPARK_PYTHON" \
+  --driver-java-options "-Dlog4j.configurationFile=file:$repo/conf/log4j2.properties" \
+  "$@"
