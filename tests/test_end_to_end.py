@@ -194,5 +194,5 @@ def test_model_bundle_records_its_metrics(spark, pipeline_run):
     assert matrix.sum() == metrics["classifier"]["holdout_items"] > 0
     assert metrics["classifier"]["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     assert summary["model_version"] == manifest.version
-    assert len(metrics["training_curves"]["classifier"]["loss"]) == int(config["train"]["classifier_epochs"])
+    assert 1 <= len(metrics["training_curves"]["classifier"]["loss"]) <= int(config["train"]["classifier_epochs"])
     json.dumps(metrics)  # the metrics file is plain JSON

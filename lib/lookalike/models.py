@@ -26,8 +26,10 @@ def build_classifier(*, num_classes: int, image_size: int, embedding_dim: int, s
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.RandomFlip("horizontal")(x)
-    for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    # A strided first convolution: studio photos on white carry little detail at full resolution,
+    # and it cuts the network's cost about fourfold on CPUs.
+    for filters, strides in ((32, 2), (64, 1), (128, 1)):
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
         # Few steps per epoch on a small catalog: a faster moving average keeps inference statistics current.
         x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
@@ -65,7 +67,9 @@ def build_autoencoder(*, image_size: int, embedding_dim: int, seed: int = 0) -> 
     side = image_size // 8
     y = layers.Dense(side * side * 128, activation="relu")(code)
     y = layers.Reshape((side, side, 128))(y)
-    for filters in (128, 64, 32):
+    # A decoder lighter than the encoder: it only has to make the code informative, and its
+    # full-resolution layers dominate training cost.
+    for filters in (64, 32, 16):
         y = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(y)
     reconstruction = layers.Conv2D(3, 3, padding="same", activation="sigmoid", name="reconstruction")(y)
     autoencoder = keras.Model(inputs, reconstruction, name="autoencoder")

@@ -226,6 +226,10 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
                 validation_data=val_ds if n_val else None,
                 validation_steps=max(1, math.ceil(n_val / batch_size)) if n_val else None,
                 class_weight=_class_weights(train_labels, len(classes)),
+                # Keep the epoch that did best on the validation split (the holdout stays unseen).
+                callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)]
+                if n_val
+                else [],
                 verbose=2,
             )
         curves = {"classifier": {k: [float(v) for v in vals] for k, vals in history.history.items()}}

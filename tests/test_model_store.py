@@ -1,0 +1,152 @@
+"""Versioned model bundles: save, LATEST, manifests, tamper detection, and loading the scorer back."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+
+import numpy as np
+import pytest
+
+from lookalike.model_store import (
+    SCORER_FILE,
+    load_manifest,
+    load_metrics,
+    load_scorer_from_bytes,
+    model_root,
+    read_scorer_bytes,
+    resolve_version,
+    save_bundle,
+)
+
+keras = pytest.importorskip("keras")
+from lookalike.models import build_classifier, build_scorer  # noqa: E402
+
+IMAGE_SIZE = 16  # three 2x max-pools: 16 -> 8 -> 4 -> 2
+CLASSES = ["Bags", "Shoes", "Topwear"]
+EMBEDDING_DIM = 8
+
+
+def tiny_scorer(seed: int, *, standardise: bool = False):
+    """A small untrained classifier wrapped as a scorer (probabilities + unit embedding)."""
+    classifier = build_classifier(num_classes=len(CLASSES), image_size=IMAGE_SIZE, embedding_dim=EMBEDDING_DIM, seed=seed)
+    if not standardise:
+        return build_scorer(classifier)
+    rng = np.random.default_rng(seed)
+    return build_scorer(
+        classifier,
+        embedding_mean=rng.normal(size=EMBEDDING_DIM).astype(np.float32),
+        embedding_variance=rng.uniform(0.5, 2.0, size=EMBEDDING_DIM).astype(np.float32),
+    )
+
+
+def pixels(n: int = 4, seed: int = 0) -> np.ndarray:
+    """Random uint8-range pixels as float32, shaped like decoded photos."""
+    return np.random.default_rng(seed).integers(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+
+
+@pytest.fixture
+def config(make_config):
+    """A config whose storage root is a fresh temp folder."""
+    return make_config()
+
+
+def test_save_bundle_writes_manifest_metrics_and_latest(config):
+    """A saved bundle has the scorer file with the recorded hash, its manifest and metrics, and LATEST names it."""
+    metrics = {"holdout_accuracy": 0.5, "classes": 3}
+    manifest = save_bundle(config, tiny_scorer(0), classes=CLASSES, embedding="classifier", metrics=metrics)
+    root = model_root(config)
+    folder = root / manifest.version
+    digest = hashlib.sha256((folder / SCORER_FILE).read_bytes()).hexdigest()
+
+    assert manifest.scorer_sha256 == digest
+    assert manifest.version.endswith("-" + digest[:8])
+    assert (manifest.image_size, manifest.embedding_dim, manifest.classes, manifest.embedding) == (
+        IMAGE_SIZE, EMBEDDING_DIM, CLASSES, "classifier"
+    )
+    assert json.loads((folder / "manifest.json").read_text()) == dataclasses.asdict(manifest)
+    assert load_metrics(config) == metrics
+    assert (root / "LATEST").read_text().strip() == manifest.version
+    assert sorted(p.name for p in root.iterdir()) == sorted(["LATEST", manifest.version])  # no staging left behind
+
+
+def test_latest_moves_and_old_versions_stay_loadable(config):
+    """A second save moves LATEST; the first version still resolves and loads by name."""
+    first = save_bundle(config, tiny_scorer(1), classes=CLASSES, embedding="classifier", metrics={"run": 1})
+    time.sleep(1.1)  # versions are stamped to the second
+    second = save_bundle(config, tiny_scorer(2), classes=CLASSES[:2] + ["Watches"], embedding="classifier", metrics={"run": 2})
+
+    assert first.version != second.version
+    assert second.version > first.version  # versions sort by time
+    assert resolve_version(config) == second.version
+    assert resolve_version(config, first.version) == first.version
+    assert load_manifest(config) == second
+    assert load_manifest(config, first.version) == first
+    assert load_metrics(config, first.version) == {"run": 1}
+    assert load_metrics(config) == {"run": 2}
+
+
+def test_no_model_yet_raises(config):
+    """Asking for the latest model before any was saved raises FileNotFoundError."""
+    with pytest.raises(FileNotFoundError):
+        resolve_version(config)
+    with pytest.raises(FileNotFoundError):
+        load_manifest(config)
+
+
+def test_unknown_version_raises(config):
+    """A version that was never saved raises FileNotFoundError naming it, even when others exist."""
+    save_bundle(config, tiny_scorer(3), classes=CLASSES, embedding="classifier", metrics={})
+    with pytest.raises(FileNotFoundError, match="20000101T000000Z-deadbeef"):
+        resolve_version(config, "20000101T000000Z-deadbeef")
+    with pytest.raises(FileNotFoundError):
+        load_manifest(config, "20000101T000000Z-deadbeef")
+
+
+def test_read_scorer_bytes_detects_tampering(config):
+    """The untouched file reads back; a file changed by one byte (or replaced) raises ValueError."""
+    manifest = save_bundle(config, tiny_scorer(4), classes=CLASSES, embedding="classifier", metrics={})
+    path = model_root(config) / manifest.version / SCORER_FILE
+    original = path.read_bytes()
+    assert read_scorer_bytes(config, manifest) == original
+
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=manifest.version):
+        read_scorer_bytes(config, manifest)
+
+    path.write_bytes(original + b"\0")
+    with pytest.raises(ValueError):
+        read_scorer_bytes(config, manifest)
+
+
+@pytest.mark.parametrize("standardise", [False, True])
+def test_scorer_round_trips_through_bytes(config, standardise):
+    """The scorer loaded from its saved bytes predicts what the original predicts, in safe mode."""
+    scorer = tiny_scorer(5, standardise=standardise)
+    manifest = save_bundle(config, scorer, classes=CLASSES, embedding="classifier", metrics={})
+    loaded = load_scorer_from_bytes(read_scorer_bytes(config, manifest))
+
+    x = pixels()
+    before = scorer(x, training=False)
+    after = loaded(x, training=False)
+    assert set(after) == {"probabilities", "embedding"}
+    for name in ("probabilities", "embedding"):
+        assert np.allclose(np.asarray(before[name]), np.asarray(after[name]), atol=1e-6)
+    # Outputs are what scoring relies on: a distribution per row and a unit embedding per row.
+    probabilities = np.asarray(after["probabilities"])
+    assert probabilities.shape == (4, len(CLASSES))
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(np.asarray(after["embedding"]), axis=1), 1.0, atol=1e-5)
+
+
+def test_loaded_scorer_differs_from_another_model(config):
+    """Round-trip equality is not vacuous: a differently seeded model predicts differently."""
+    manifest = save_bundle(config, tiny_scorer(6), classes=CLASSES, embedding="classifier", metrics={})
+    loaded = load_scorer_from_bytes(read_scorer_bytes(config, manifest))
+    other = tiny_scorer(7)
+    x = pixels(seed=1)
+    assert not np.allclose(np.asarray(loaded(x, training=False)["embedding"]), np.asarray(other(x, training=False)["embedding"]))
