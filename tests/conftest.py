@@ -24,9 +24,12 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
     warehouse = tmp_path_factory.mktemp("warehouse")
-    config = load_config("test", [f"storage.root={warehouse}"], conf_dir=REPO / "conf")
+    config = load_config(
+        "test",
+        [f"storage.root={warehouse}", f"spark.spark.sql.warehouse.dir={warehouse / 'sql'}"],
+        conf_dir=REPO / "conf",
+    )
     session = build_spark("lookalike-tests", config, master="local[2]")
-    session.conf.set("spark.sql.warehouse.dir", str(warehouse))
     yield session
     session.stop()
 

@@ -24,7 +24,7 @@ from lookalike.model_store import (
 keras = pytest.importorskip("keras")
 from lookalike.models import build_classifier, build_scorer  # noqa: E402
 
-IMAGE_SIZE = 16  # three 2x max-pools: 16 -> 8 -> 4 -> 2
+IMAGE_SIZE = 16  # a strided convolution and three 2x max-pools: 16 -> 8 -> 4 -> 2 -> 1
 CLASSES = ["Bags", "Shoes", "Topwear"]
 EMBEDDING_DIM = 8
 
@@ -150,3 +150,10 @@ def test_loaded_scorer_differs_from_another_model(config):
     other = tiny_scorer(7)
     x = pixels(seed=1)
     assert not np.allclose(np.asarray(loaded(x, training=False)["embedding"]), np.asarray(other(x, training=False)["embedding"]))
+
+
+def test_model_store_refuses_remote_storage_root(make_config):
+    """Keras saves to local files, so a storage root with a URI scheme is refused with ValueError."""
+    config = make_config("storage.root=hdfs://namenode:8020/lookalike")
+    with pytest.raises(ValueError, match="hdfs://namenode:8020/lookalike"):
+        model_root(config)

@@ -49,6 +49,8 @@ def build_spark(app_name: str, config: Mapping[str, Any], *, master: str | None 
     # Python workers must run this interpreter, which has the pinned packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # pandas-on-Spark (imported by Petastorm) asks for this on driver and executors.
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
