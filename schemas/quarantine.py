@@ -24,7 +24,6 @@ REASONS = (
     "missing_image_uri",
     "bad_price",
     "duplicate_item_id",
-    "missing_image",
-    "empty_image",
+    "missing_image",  # no file at the URI, or a zero-byte file (Spark's file sources skip those)
     "undecodable_image",
 )

@@ -42,6 +42,9 @@ def decode_image(content: bytes, size: int) -> np.ndarray:
         raise ImageDecodeError("empty image")
     try:
         with Image.open(io.BytesIO(content)) as image:
+            # Opening reads only the header: refuse oversized images before any pixel is allocated.
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageDecodeError(f"image too large: {image.width}x{image.height} pixels > {MAX_PIXELS}")
             # JPEG only: let libjpeg decode at a reduced scale, much cheaper than full decode + resize.
             image.draft("RGB", (size, size))
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)

@@ -84,6 +84,8 @@ def resolve_uri(uri: Column, image_root: str) -> Column:
 
 
 def _root_uri(image_root: str) -> str:
+    if image_root.startswith("file:///"):
+        return "file:/" + image_root[len("file:///"):].rstrip("/")
     if ":" in image_root.split("/")[0]:
         return image_root.rstrip("/")
     return "file:" + os.path.abspath(image_root).rstrip("/")
@@ -205,12 +207,16 @@ def ingest_catalog(
             "reason",
             F.coalesce(
                 F.col("reason"),
-                F.when(F.col("path").isNull(), F.lit("missing_image")).when(F.col("length") == 0, F.lit("empty_image")),
+                # Spark's file sources skip zero-byte files, so an empty photo is missing too.
+                F.when(F.col("path").isNull(), F.lit("missing_image")),
             ),
         )
         .withColumn(
             "detail",
-            F.coalesce(F.col("detail"), F.when(F.col("reason").isin("missing_image", "empty_image"), F.col("resolved_uri"))),
+            F.coalesce(
+                F.col("detail"),
+                F.when(F.col("reason") == "missing_image", F.concat(F.lit("no such file, or zero bytes: "), F.col("resolved_uri"))),
+            ),
         )
         .withColumn("image_hash", F.when(F.col("reason").isNull(), F.sha2("content", 256)))
         .withColumn("run_id", F.lit(run_id))
