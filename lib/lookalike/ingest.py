@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
-from lookalike.tables import conform, ensure_table, table_path
+from lookalike.tables import append_quarantine, conform, ensure_table
 from schemas import CATALOG, IMAGES, QUARANTINE
 from schemas.catalog import OPTIONAL_INPUT_COLUMNS, REQUIRED_INPUT_COLUMNS
 
@@ -227,18 +227,7 @@ def ingest_catalog(
         good = joined.where("reason IS NULL")
         bad = joined.where("reason IS NOT NULL")
 
-        quarantine_rows = bad.select(
-            F.lit(run_id).alias("run_id"),
-            F.lit("ingest").alias("stage"),
-            "item_id",
-            "reason",
-            "detail",
-            "source_record",
-            now.alias("quarantined_at"),
-        )
-        conform(quarantine_rows, QUARANTINE).write.format("delta").mode("append").save(
-            table_path(config, QUARANTINE)
-        )
+        append_quarantine(config, bad, run_id=run_id, stage="ingest")
 
         new_images = (
             good.select("image_hash", "content", F.col("length").alias("size_bytes"), "run_id")

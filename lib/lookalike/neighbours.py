@@ -8,7 +8,6 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from lookalike.tables import conform, ensure_table, read_table, table_path
 from schemas import EMBEDDINGS, SIMILAR_ITEMS

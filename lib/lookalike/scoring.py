@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -16,7 +15,7 @@ from pyspark.storagelevel import StorageLevel
 
 from lookalike.images import decode_batch
 from lookalike.model_store import ModelManifest, load_manifest, load_scorer_from_bytes, read_scorer_bytes
-from lookalike.tables import conform, ensure_table, read_table, table_path
+from lookalike.tables import append_quarantine, conform, ensure_table, read_table, table_path
 from schemas import CATALOG, EMBEDDINGS, IMAGES, QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: in
                 best = probabilities.argmax(axis=1)
                 category[ok] = classes[best]
                 confidence[ok] = probabilities[np.arange(len(best)), best]
-                for position, vector in zip(np.flatnonzero(ok), vectors):
+                for position, vector in zip(np.flatnonzero(ok), vectors, strict=True):
                     embeddings[position] = vector
             yield pd.DataFrame(
                 {"predicted_category": category, "confidence": confidence, "embedding": embeddings, "decode_error": errors}
@@ -193,16 +192,13 @@ def embed_catalog(
     )
     try:
         failed = scored.where(F.col("decode_error").isNotNull())
-        quarantine_rows = failed.select(
-            F.lit(run_id).alias("run_id"),
-            F.lit("embed").alias("stage"),
+        refused = failed.select(
             "item_id",
             F.lit("undecodable_image").alias("reason"),
             F.col("decode_error").alias("detail"),
             F.to_json(F.struct("item_id", "image_hash")).alias("source_record"),
-            F.current_timestamp().alias("quarantined_at"),
         )
-        conform(quarantine_rows, QUARANTINE).write.format("delta").mode("append").save(table_path(config, QUARANTINE))
+        append_quarantine(config, refused, run_id=run_id, stage="embed")
 
         good = (
             scored.where(F.col("decode_error").isNull())

@@ -9,8 +9,9 @@ from typing import Any, Mapping
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from schemas import ALL_TABLES, TableSchema
+from schemas import ALL_TABLES, QUARANTINE, TableSchema
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,25 @@ def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]
     log.info("registered %d tables in database %s", len(names), database)
     return names
 
+
+
+def append_quarantine(config: Mapping[str, Any], refused: DataFrame, *, run_id: str, stage: str) -> None:
+    """Append refused rows to ``quarantine``.
+
+    Parameters
+    ----------
+    refused : DataFrame
+        ``item_id``, ``reason``, ``detail`` and ``source_record`` (the input row as JSON).
+    run_id, stage : str
+        The run, and the job stage that refused the rows.
+    """
+    rows = refused.select(
+        F.lit(run_id).alias("run_id"),
+        F.lit(stage).alias("stage"),
+        "item_id",
+        "reason",
+        "detail",
+        "source_record",
+        F.current_timestamp().alias("quarantined_at"),
+    )
+    conform(rows, QUARANTINE).write.format("delta").mode("append").save(table_path(config, QUARANTINE))
