@@ -184,3 +184,15 @@ def test_bad_override_fails_load_config(conf_dir):
     """load_config surfaces a malformed override as ValueError instead of ignoring it."""
     with pytest.raises(ValueError):
         load_config(None, ["index.k"], conf_dir=conf_dir)
+
+
+@pytest.mark.parametrize("profile", ["local", "test", "cluster", "gpu"])
+def test_every_shipped_profile_loads_and_only_sets_known_sections(profile):
+    """Each profile in conf/ parses and adds no section or key the defaults do not know (a typo would)."""
+    repo_conf = Path(__file__).resolve().parents[1] / "conf"
+    defaults = load_config(conf_dir=repo_conf)
+    merged = load_config(profile, conf_dir=repo_conf)
+    for section, values in merged.items():
+        assert section in defaults, f"{profile}: unknown section [{section}]"
+        if section != "spark":
+            assert set(values) <= set(defaults[section]), f"{profile}: unknown keys {set(values) - set(defaults[section])}"

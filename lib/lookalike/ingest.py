@@ -155,13 +155,14 @@ def read_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
     DataFrame
         ``path``, ``length``, ``content``.
     """
-    folders = [r["folder"] for r in uris.select(F.regexp_extract("resolved_uri", r"^(.*)/[^/]*$", 1).alias("folder")).distinct().collect()]
+    parent = F.regexp_extract("resolved_uri", r"^(.*)/[^/]*$", 1).alias("folder")
+    folders = sorted(r["folder"] for r in uris.select(parent).distinct().collect() if r["folder"])
     frames = []
-    for folder in sorted(f for f in folders if f):
+    for folder in folders:
         try:
             frames.append(spark.read.format("binaryFile").option("recursiveFileLookup", False).load(folder))
         except AnalysisException as error:
-            log.warning("image folder %s cannot be listed: %s", folder, error.getMessage() if hasattr(error, "getMessage") else error)
+            log.warning("image folder %s cannot be listed, its photos count as missing: %s", folder, error)
     if not frames:
         return spark.createDataFrame([], "path string, length long, content binary")
     return functools.reduce(DataFrame.unionByName, frames).select("path", "length", "content")

@@ -68,7 +68,7 @@ def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: in
     pandas UDF returning ``SCORE_TYPE``; a photo that fails to decode gets null outputs and its error.
     """
     classes = np.array(manifest.classes, dtype=object)
-    size, version, dim = manifest.image_size, manifest.version, manifest.embedding_dim
+    size, version = manifest.image_size, manifest.version
 
     @pandas_udf(SCORE_TYPE)
     def score(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -93,7 +93,6 @@ def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: in
                 {"predicted_category": category, "confidence": confidence, "embedding": embeddings, "decode_error": errors}
             )
 
-    score.__name__ = f"score_{dim}d"
     return score
 
 

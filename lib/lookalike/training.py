@@ -198,9 +198,8 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     try:
         labelled = frame.where(F.col("category").isNotNull())
         classes = choose_classes(labelled, min_count=int(model_conf["min_class_count"]))
-        index = {name: i for i, name in enumerate(classes)}
-        label_of = F.udf(lambda c: index.get(c), "int")
-        learnable = labelled.withColumn("label", label_of("category")).where(F.col("label").isNotNull())
+        label_of = F.create_map(*[x for i, name in enumerate(classes) for x in (F.lit(name), F.lit(i))])
+        learnable = labelled.withColumn("label", label_of[F.col("category")]).where(F.col("label").isNotNull())
         counts = {r["split"]: r["count"] for r in learnable.groupBy("split").count().collect()}
         log.info("classifier: %d classes, items per split %s", len(classes), counts)
 
