@@ -39,3 +39,23 @@ def test_spark_submit_without_a_job_file_explains_usage():
     result = subprocess.run(["./spark-submit.sh", "--master", "local[1]"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage: ./spark-submit.sh" in result.stderr
+
+
+def test_spark_sql_sees_tables_a_job_registered_in_the_derby_metastore(tmp_path: Path):
+    """With storage.metastore=derby, tables registered by one process are listed by spark-sql.sh in another."""
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK")}
+    common = ["--set", f"storage.root={store}", "--set", "storage.metastore=derby"]
+    published = subprocess.run(
+        ["./spark-submit.sh", "--master", "local[1]", "jobs/publish.py", "--profile", "test", *common],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert published.returncode == 0, published.stderr[-3000:]
+    listed = subprocess.run(
+        ["./spark-sql.sh", "--profile", "test", *common, "-e", "SHOW TABLES IN lookalike"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    names = [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+    assert names == ["catalog", "embeddings", "images", "quarantine", "runs", "similar_items"]
+    assert (store / "metastore_db").is_dir()

@@ -29,6 +29,42 @@ def delta_jars(jars_dir: Path | None = None) -> list[str]:
     return jars
 
 
+def metastore_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """Spark settings for the SQL catalog that ``storage.metastore`` names.
+
+    ``in-memory``: tables are registered for the session only (jobs register them on start).
+    ``derby``: a Hive metastore in an embedded Derby database under ``storage.root``, so that
+    ``spark-sql.sh`` and later sessions on this machine see the registered tables. Derby allows
+    one process at a time. On a cluster, point Spark at the cluster's own metastore instead.
+    """
+    from lookalike.tables import storage_root
+
+    kind = str(config.get("storage", {}).get("metastore", "in-memory"))
+    root = storage_root(config)
+    # Managed tables and databases under storage.root, not in the working directory.
+    settings = {"spark.sql.warehouse.dir": f"{root}/warehouse"}
+    if kind == "in-memory":
+        return settings
+    if kind != "derby":
+        raise ValueError(f"storage.metastore must be 'in-memory' or 'derby', not {kind!r}")
+    if ":" in root.split("/")[0]:
+        raise ValueError("storage.metastore = 'derby' needs a local storage.root")
+    settings["spark.sql.catalogImplementation"] = "hive"
+    settings["spark.hadoop.javax.jdo.option.ConnectionURL"] = f"jdbc:derby:;databaseName={root}/metastore_db;create=true"
+    return settings
+
+
+def session_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """Every Spark setting a lookalike session gets: Delta, the metastore, then the ``spark`` section."""
+    settings = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        **metastore_settings(config),
+    }
+    settings.update({key: str(value) for key, value in config.get("spark", {}).items()})
+    return settings
+
+
 def build_spark(app_name: str, config: Mapping[str, Any], *, master: str | None = None) -> SparkSession:
     """Build (or reuse) the SparkSession for a job.
 
@@ -54,13 +90,23 @@ def build_spark(app_name: str, config: Mapping[str, Any], *, master: str | None 
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-    builder = (
-        builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-    )
-    for key, value in config.get("spark", {}).items():
-        builder = builder.config(key, str(value))
+    for key, value in session_settings(config).items():
+        builder = builder.config(key, value)
     # Under spark-submit (which sets the gateway port) spark-submit.sh has passed --jars already.
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         builder = builder.config("spark.jars", ",".join(delta_jars()))
     return builder.getOrCreate()
+
+
+def _print_submit_conf() -> None:
+    """Print ``--conf key=value`` lines for spark-sql.sh: ``python -m lookalike.session PROFILE [OVERRIDE ...]``."""
+    from lookalike.config import load_config
+
+    profile = sys.argv[1] if len(sys.argv) > 1 else "local"
+    for key, value in session_settings(load_config(profile, sys.argv[2:])).items():
+        print("--conf")
+        print(f"{key}={value}")
+
+
+if __name__ == "__main__":
+    _print_submit_conf()
