@@ -10,10 +10,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$repo"
-if [[ ! -x .venv/bin/spark-sql ]] || ! ls .jars/delta-spark_*.jar >/dev/null 2>&1; then
-  echo "spark-sql.sh: not set up yet; run scripts/setup.sh" >&2
-  exit 2
-fi
+source scripts/spark-env.sh spark-sql.sh
 profile=local
 overrides=()
 args=()
@@ -25,11 +22,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 mapfile -t settings < <(.venv/bin/python -m lookalike.session "$profile" "${overrides[@]}")
-export PYSPARK_PYTHON="$repo/.venv/bin/python" PYSPARK_DRIVER_PYTHON="$repo/.venv/bin/python"
-jars=$(ls "$repo"/.jars/*.jar | paste -sd, -)
 exec .venv/bin/spark-sql \
   --master "local[*]" \
-  --jars "$jars" \
-  --driver-java-options "-Dlog4j.configurationFile=file:$repo/conf/log4j2.properties" \
+  --jars "$delta_jars" \
+  --driver-java-options "$log_options" \
   "${settings[@]}" \
   "${args[@]}"

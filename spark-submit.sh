@@ -9,11 +9,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$repo"
-
-if [[ ! -x .venv/bin/spark-submit ]] || ! ls .jars/delta-spark_*.jar >/dev/null 2>&1; then
-  echo "spark-submit.sh: not set up yet; run scripts/setup.sh (or make demo / make test)" >&2
-  exit 2
-fi
+source scripts/spark-env.sh spark-submit.sh
 
 spark_args=()
 master_given=false
@@ -44,18 +40,12 @@ with zipfile.ZipFile("dist/lookalike.zip", "w", zipfile.ZIP_DEFLATED) as archive
             archive.write(path, f"{package}/{path.relative_to(root)}")
 PY
 
-jars=$(ls "$repo"/.jars/*.jar | paste -sd, -)
-python="$repo/.venv/bin/python"
-export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$python}"
-export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$python}"
-export LOOKALIKE_JARS_DIR="$repo/.jars"
-
 exec .venv/bin/spark-submit \
   "${spark_args[@]}" \
-  --jars "$jars" \
+  --jars "$delta_jars" \
   --py-files dist/lookalike.zip \
   --conf "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" \
   --conf "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog" \
   --conf "spark.pyspark.python=$PYSPARK_PYTHON" \
-  --driver-java-options "-Dlog4j.configurationFile=file:$repo/conf/log4j2.properties" \
+  --driver-java-options "$log_options" \
   "$@"
