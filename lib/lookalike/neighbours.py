@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,7 @@ def top_k_blocked(vectors: np.ndarray, k: int, *, block_rows: int = 1024) -> tup
     return neighbours, scores
 
 
-def _partition_top_k(k: int, block_rows: int, run_id: str):
+def _partition_top_k(k: int, block_rows: int, run_id: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def top_k(group: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float32)

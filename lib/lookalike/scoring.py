@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,7 @@ def arrow_batch_rows(*, image_size: int, target_bytes: int, max_rows: int) -> in
     return int(max(1, min(max_rows, target_bytes // per_row)))
 
 
-def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: int):
+def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: int) -> Callable[..., Column]:
     """A scalar-iterator pandas UDF: photo bytes -> predicted category, confidence, unit embedding.
 
     Parameters

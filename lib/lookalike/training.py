@@ -7,11 +7,11 @@ import math
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow\..*")
 
 
-def pixels_udf(image_size: int):
+def pixels_udf(image_size: int) -> Callable[..., Column]:
     """A pandas UDF: image bytes -> raw RGB uint8 pixels (``image_size``² x 3 bytes), null if undecodable.
 
     Decoding once in Spark, before Petastorm, means each epoch only reshapes bytes.
