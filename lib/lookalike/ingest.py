@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
-from lookalike.tables import append_quarantine, conform, ensure_table
+from lookalike.tables import URI_SCHEME_PATTERN, append_quarantine, conform, ensure_table, has_scheme
 from schemas import CATALOG, IMAGES, QUARANTINE
 from schemas.catalog import OPTIONAL_INPUT_COLUMNS, REQUIRED_INPUT_COLUMNS
 
@@ -77,7 +77,7 @@ def resolve_uri(uri: Column, image_root: str) -> Column:
     trimmed = F.trim(uri)
     return (
         F.when(trimmed.startswith("file:///"), F.regexp_replace(trimmed, r"^file:///", "file:/"))
-        .when(trimmed.rlike(r"^[A-Za-z][A-Za-z0-9+.\-]*:"), trimmed)
+        .when(trimmed.rlike(URI_SCHEME_PATTERN), trimmed)
         .when(trimmed.startswith("/"), F.concat(F.lit("file:"), trimmed))
         .otherwise(F.concat(F.lit(root + "/"), F.regexp_replace(trimmed, r"^\./", "")))
     )
@@ -86,7 +86,7 @@ def resolve_uri(uri: Column, image_root: str) -> Column:
 def _root_uri(image_root: str) -> str:
     if image_root.startswith("file:///"):
         return "file:/" + image_root[len("file:///"):].rstrip("/")
-    if ":" in image_root.split("/")[0]:
+    if has_scheme(image_root):
         return image_root.rstrip("/")
     return "file:" + os.path.abspath(image_root).rstrip("/")
 
@@ -234,14 +234,13 @@ def ingest_catalog(
             good.select("image_hash", "content", F.col("length").alias("size_bytes"), "run_id")
             .dropDuplicates(["image_hash"])
         )
-        images_before = images_table.toDF().count()
-        (
+        merged = (
             images_table.alias("t")
             .merge(conform(new_images, IMAGES).alias("s"), "t.image_hash = s.image_hash")
             .whenNotMatchedInsertAll()
             .execute()
         )
-        images_added = images_table.toDF().count() - images_before
+        images_added = int(merged.first()["num_inserted_rows"])
 
         catalog_rows = conform(good.withColumn("image_uri", F.col("resolved_uri")), CATALOG)
         # Only new or changed rows go into the MERGE, so an unchanged catalog rewrites no files.

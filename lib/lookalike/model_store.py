@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from lookalike.tables import storage_root
+from lookalike.tables import has_scheme, storage_root
 
 SCORER_FILE = "scorer.keras"
 
@@ -36,7 +36,7 @@ class ModelManifest:
 def model_root(config: Mapping[str, Any]) -> Path:
     """Folder of the model store (a local or mounted path; Keras saves to local files)."""
     root = storage_root(config)
-    if ":" in root.split("/")[0]:
+    if has_scheme(root):
         raise ValueError(f"the model store must be a local or mounted path, not {root!r}")
     return Path(root) / "models"
 

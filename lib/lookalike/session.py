@@ -37,7 +37,7 @@ def metastore_settings(config: Mapping[str, Any]) -> dict[str, str]:
     ``spark-sql.sh`` and later sessions on this machine see the registered tables. Derby allows
     one process at a time. On a cluster, point Spark at the cluster's own metastore instead.
     """
-    from lookalike.tables import storage_root
+    from lookalike.tables import has_scheme, storage_root
 
     kind = str(config.get("storage", {}).get("metastore", "in-memory"))
     root = storage_root(config)
@@ -47,7 +47,7 @@ def metastore_settings(config: Mapping[str, Any]) -> dict[str, str]:
         return settings
     if kind != "derby":
         raise ValueError(f"storage.metastore must be 'in-memory' or 'derby', not {kind!r}")
-    if ":" in root.split("/")[0]:
+    if has_scheme(root):
         raise ValueError("storage.metastore = 'derby' needs a local storage.root")
     settings["spark.sql.catalogImplementation"] = "hive"
     settings["spark.hadoop.javax.jdo.option.ConnectionURL"] = f"jdbc:derby:;databaseName={root}/metastore_db;create=true"

@@ -25,6 +25,15 @@ def checked_identifier(name: str) -> str:
     return name
 
 
+# A URI scheme at the start of a path (RFC 3986), as Spark SQL's rlike and Python's re both read it.
+URI_SCHEME_PATTERN = r"^[A-Za-z][A-Za-z0-9+.\-]*:"
+
+
+def has_scheme(path: str) -> bool:
+    """True for a URI with a scheme (``file:/``, ``hdfs://``, ``s3a://``), False for a plain local path."""
+    return re.match(URI_SCHEME_PATTERN, path) is not None
+
+
 def storage_root(config: Mapping[str, Any]) -> str:
     """The folder (any Hadoop path) that tables, models and caches live under.
 
@@ -32,7 +41,7 @@ def storage_root(config: Mapping[str, Any]) -> str:
     depend on the working directory.
     """
     root = str(config["storage"]["root"]).rstrip("/")
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", root):
+    if has_scheme(root):
         return root
     return os.path.abspath(root)
 

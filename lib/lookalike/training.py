@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
@@ -17,7 +16,7 @@ from pyspark.sql.functions import pandas_udf
 
 from lookalike.images import ImageDecodeError, decode_image
 from lookalike.model_store import ModelManifest, save_bundle
-from lookalike.tables import read_table, storage_root
+from lookalike.tables import has_scheme, read_table, storage_root
 from schemas import CATALOG, IMAGES
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def petastorm_dataset(
     size = int(config["model"]["image_size"])
     batch_size = int(config["train"]["batch_size"])
     cache = storage_root(config) + "/cache/petastorm"
-    cache_url = cache if ":" in cache.split("/")[0] else "file://" + os.path.abspath(cache)
+    cache_url = cache if has_scheme(cache) else "file://" + cache  # storage_root made it absolute
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_url)
 
     fields = ["pixels", "label"] if with_labels else ["pixels"]
