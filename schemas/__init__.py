@@ -4,10 +4,14 @@ from schemas._table import Column, TableSchema
 from schemas.catalog import CATALOG
 from schemas.embeddings import EMBEDDINGS
 from schemas.images import IMAGES
+from schemas.publications import PUBLICATIONS
 from schemas.quarantine import QUARANTINE
+from schemas.refresh_runs import REFRESH_RUNS
 from schemas.runs import RUNS
 from schemas.similar_items import SIMILAR_ITEMS
 
-ALL_TABLES: tuple[TableSchema, ...] = (CATALOG, IMAGES, QUARANTINE, EMBEDDINGS, SIMILAR_ITEMS, RUNS)
+ALL_TABLES: tuple[TableSchema, ...] = (
+    CATALOG, IMAGES, QUARANTINE, EMBEDDINGS, SIMILAR_ITEMS, PUBLICATIONS, REFRESH_RUNS, RUNS,
+)
 
-__all__ = ["ALL_TABLES", "CATALOG", "Column", "EMBEDDINGS", "IMAGES", "QUARANTINE", "RUNS", "SIMILAR_ITEMS", "TableSchema"]
+__all__ = ["ALL_TABLES", "CATALOG", "Column", "EMBEDDINGS", "IMAGES", "PUBLICATIONS", "QUARANTINE", "REFRESH_RUNS", "RUNS", "SIMILAR_ITEMS", "TableSchema"]

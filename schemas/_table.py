@@ -19,7 +19,7 @@ class Column:
 
 @dataclass(frozen=True)
 class TableSchema:
-    """A Delta table: columns, partitioning, CHECK constraints and table comment.
+    """A Delta table: columns, partitioning, CHECK constraints, table comment, and whether it keeps a change feed.
 
     The same object is used to create the table, to validate what is written to it, to cast
     what is read from files, and to write docs/TABLES.md.
@@ -30,6 +30,7 @@ class TableSchema:
     columns: tuple[Column, ...]
     partition_by: tuple[str, ...] = ()
     constraints: dict[str, str] = field(default_factory=dict)
+    change_data_feed: bool = False
 
     @property
     def spark_schema(self) -> StructType:

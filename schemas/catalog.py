@@ -1,16 +1,19 @@
 """``catalog``: one row per usable item, upserted by item_id."""
 
-from pyspark.sql.types import BooleanType, DoubleType, StringType, TimestampType
+from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType, TimestampType
 
 from schemas._table import Column, TableSchema
 
 CATALOG = TableSchema(
     name="catalog",
-    comment="Usable catalog items, upserted by item_id on every ingest (MERGE).",
+    comment="Usable catalog items, upserted by item_id on every ingest (MERGE); a refresh also deletes ids absent from its snapshot.",
+    change_data_feed=True,
     columns=(
         Column("item_id", StringType(), "Retailer's item id; unique in this table.", nullable=False),
         Column("image_uri", StringType(), "Hadoop URI of the item's photo as read at ingest.", nullable=False),
         Column("image_hash", StringType(), "SHA-256 (hex) of the photo's bytes; key into `images`.", nullable=False),
+        Column("image_size", LongType(), "Photo file length in bytes when last read."),
+        Column("image_modified_at", TimestampType(), "Photo file modification time when last read; with image_size it lets a refresh skip unchanged photos."),
         Column("price", DoubleType(), "Item price in the retailer's currency; finite and >= 0.", nullable=False),
         Column("category", StringType(), "Category given by the retailer; null when not given."),
         Column("article_type", StringType(), "Finer product type when given; used to measure list quality."),

@@ -1,12 +1,13 @@
 """``embeddings``: one row per scored item: predicted category and an L2-normalised embedding."""
 
-from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, StringType
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, LongType, StringType
 
 from schemas._table import Column, TableSchema
 
 EMBEDDINGS = TableSchema(
     name="embeddings",
     comment="Per-item model output, with the price and price band the index partitions by.",
+    change_data_feed=True,
     columns=(
         Column("item_id", StringType(), "Catalog item id.", nullable=False),
         Column("category", StringType(), "Category the item is indexed under: given, else predicted.", nullable=False),
@@ -19,6 +20,7 @@ EMBEDDINGS = TableSchema(
         Column("image_hash", StringType(), "SHA-256 of the photo that was scored.", nullable=False),
         Column("model_version", StringType(), "Model bundle that produced this row.", nullable=False),
         Column("run_id", StringType(), "Run that wrote this row.", nullable=False),
+        Column("catalog_version", LongType(), "Version of the catalog table this row was computed from.", nullable=False),
     ),
     constraints={
         "confidence_is_probability": "confidence >= 0 AND confidence <= 1",

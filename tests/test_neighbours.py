@@ -163,7 +163,7 @@ EXPECTED = [
 def embeddings(spark):
     """The hand-made items as an ``embeddings`` DataFrame, shuffled over partitions."""
     rows = [
-        (item, category, category, category, 0.9, [float(x) for x in vector], price, band, f"hash-{item}", "v1", "run-e")
+        (item, category, category, category, 0.9, [float(x) for x in vector], price, band, f"hash-{item}", "v1", "run-e", 3)
         for item, category, band, vector, price in reversed(ITEMS)
     ]
     return spark.createDataFrame(rows, EMBEDDINGS.spark_schema).repartition(3)
@@ -174,7 +174,7 @@ def test_similar_items_matches_hand_worked_lists(spark, embeddings):
     actual = similar_items(embeddings, k=2, block_rows=2, run_id="run-i")
     expected = spark.createDataFrame(
         [
-            (category, band, item, rank, neighbour, float(score), PRICE[neighbour], "v1", "run-i")
+            (category, band, item, rank, neighbour, float(score), PRICE[neighbour], "v1", "run-i", 0)
             for category, band, item, rank, neighbour, score in EXPECTED
         ],
         SIMILAR_ITEMS.spark_schema,

@@ -93,3 +93,72 @@ def build_demo_catalog(
                 }
             )
     return len(ids)
+
+
+CHANGE_KINDS = ("price_same_band", "price_new_band", "new_category", "new_photo", "new_item", "deleted")
+CHANGED_AT = "2026-11-20T00:00:00Z"
+
+
+def nightly_changes(
+    rows: list[dict[str, str]], spare_photos: list[str], *, fraction: float, seed: int
+) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
+    """A deterministic night of catalog changes touching ``fraction`` of the items, in equal shares.
+
+    Kinds: a small price change, a price tripled (likely a new price band), a new category, a new
+    photo, a new item, a deleted item. New photos and new items use ``spare_photos`` (image URIs
+    the catalog does not reference).
+
+    Returns
+    -------
+    (list of dict, dict)
+        The new catalog rows, and the item ids affected per kind.
+    """
+    rng = np.random.default_rng(seed)
+    per_kind = max(1, int(round(fraction * len(rows) / len(CHANGE_KINDS))))
+    if len(spare_photos) < 2 * per_kind:
+        raise ValueError(f"{2 * per_kind} spare photos needed, {len(spare_photos)} given")
+    order = rng.permutation(len(rows))
+    picked = [order[i * per_kind:(i + 1) * per_kind] for i in range(4)] + [[], order[4 * per_kind:5 * per_kind]]
+    categories = sorted({r["category"] for r in rows if r["category"]})
+    out = [dict(r) for r in rows]
+    affected: dict[str, list[str]] = {kind: [] for kind in CHANGE_KINDS}
+    spare = iter(spare_photos)
+    for kind, positions in zip(CHANGE_KINDS, picked):
+        for position in positions:
+            row = out[position]
+            affected[kind].append(row["item_id"])
+            row["updated_at"] = CHANGED_AT
+            if kind == "price_same_band":
+                row["price"] = f"{float(row['price']) + 1:.2f}"
+            elif kind == "price_new_band":
+                row["price"] = f"{float(row['price']) * 3:.2f}"
+            elif kind == "new_category":
+                others = [c for c in categories if c != row["category"]]
+                row["category"] = others[int(rng.integers(len(others)))]
+            elif kind == "new_photo":
+                row["image_uri"] = next(spare)
+    for _ in range(per_kind):
+        uri = next(spare)
+        template = dict(out[int(rng.integers(len(out)))])
+        item_id = f"new-{Path(uri).stem}"
+        out.append({**template, "item_id": item_id, "image_uri": uri, "updated_at": CHANGED_AT})
+        affected["new_item"].append(item_id)
+    gone = set(affected["deleted"])
+    return [r for r in out if r["item_id"] not in gone], affected
+
+
+def read_catalog_csv(path: Path | str) -> list[dict[str, str]]:
+    """The rows of a catalog CSV as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_catalog_csv(rows: list[dict[str, str]], path: Path | str) -> Path:
+    """Write catalog rows (``CATALOG_COLUMNS``) to a CSV."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CATALOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
+
+from delta.tables import DeltaTable
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
-from lookalike.tables import URI_SCHEME_PATTERN, append_quarantine, conform, ensure_table, has_scheme
+from lookalike.tables import URI_SCHEME_PATTERN, append_quarantine, conform, ensure_table, has_scheme, idempotent_writes
 from schemas import CATALOG, IMAGES, QUARANTINE
 from schemas.catalog import OPTIONAL_INPUT_COLUMNS, REQUIRED_INPUT_COLUMNS
 
@@ -25,12 +28,19 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "js
 
 @dataclass
 class IngestCounts:
-    """What happened to every input row: ``input_rows == ingested + sum(quarantined.values())``."""
+    """What happened to every input row: ``input_rows == ingested + sum(quarantined.values())``.
+
+    ``photos_read`` photos were read (the others were unchanged since the last ingest), ``changed``
+    catalog rows were inserted or updated and ``deleted`` removed.
+    """
 
     input_rows: int
     ingested: int
     quarantined: dict[str, int] = field(default_factory=dict)
     new_images: int = 0
+    photos_read: int = 0
+    changed: int = 0
+    deleted: int = 0
 
     @property
     def quarantined_total(self) -> int:
@@ -144,8 +154,8 @@ def validate_rows(raw: DataFrame, *, image_root: str) -> DataFrame:
     )
 
 
-def read_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
-    """Read the photo files the catalog points at with Spark's binaryFile source (any Hadoop path).
+def list_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
+    """List the photo files the catalog points at, without reading them (binaryFile, any Hadoop path).
 
     Only the folders that hold referenced files are listed. A folder that does not exist yields
     no files, so its rows are quarantined as missing_image rather than failing the job.
@@ -153,19 +163,55 @@ def read_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
     Returns
     -------
     DataFrame
-        ``path``, ``length``, ``content``.
+        ``path``, ``length``, ``modificationTime``: Spark prunes ``content``, so no file is opened.
     """
     parent = F.regexp_extract("resolved_uri", r"^(.*)/[^/]*$", 1).alias("folder")
     folders = sorted(r["folder"] for r in uris.select(parent).distinct().collect() if r["folder"])
     frames = []
     for folder in folders:
         try:
-            frames.append(spark.read.format("binaryFile").option("recursiveFileLookup", False).load(folder))
+            frames.append(_binary_files(spark, folder))
         except AnalysisException as error:
             log.warning("image folder %s cannot be listed, its photos count as missing: %s", folder, error)
     if not frames:
-        return spark.createDataFrame([], "path string, length long, content binary")
-    return functools.reduce(DataFrame.unionByName, frames).select("path", "length", "content")
+        return spark.createDataFrame([], "path string, length long, modificationTime timestamp")
+    return functools.reduce(DataFrame.unionByName, frames).select("path", "length", "modificationTime")
+
+
+def _binary_files(spark: SparkSession, *paths: str) -> DataFrame:
+    return spark.read.format("binaryFile").option("recursiveFileLookup", False).load(list(paths))
+
+
+# Above this many photos to read, whole folders are read and filtered rather than each file named.
+_MAX_NAMED_FILES = 2000
+
+
+def read_image_files(spark: SparkSession, paths: DataFrame) -> DataFrame:
+    """Read the bytes of the listed photo files.
+
+    Parameters
+    ----------
+    paths : DataFrame
+        ``path`` of each file to read, as ``list_image_files`` reports it.
+
+    Returns
+    -------
+    DataFrame
+        ``path``, ``length``, ``modificationTime``, ``content``; a file that vanished since it was listed is absent.
+    """
+    wanted = sorted(r["path"] for r in paths.select("path").distinct().collect())
+    schema = "path string, length long, modificationTime timestamp, content binary"
+    if not wanted:
+        return spark.createDataFrame([], schema)
+    columns = ["path", "length", "modificationTime", "content"]
+    if len(wanted) <= _MAX_NAMED_FILES:
+        try:
+            return _binary_files(spark, *wanted).select(*columns)
+        except AnalysisException as error:  # one vanished between listing and reading
+            log.warning("re-reading photo folders, a listed photo is gone: %s", error)
+    folders = sorted({path.rsplit("/", 1)[0] for path in wanted})
+    files = _binary_files(spark, *folders)
+    return files.join(F.broadcast(paths.select("path").distinct()), "path").select(*columns)
 
 
 def ingest_catalog(
@@ -175,8 +221,15 @@ def ingest_catalog(
     *,
     run_id: str,
     file_format: str | None = None,
+    run_seq: int | None = None,
+    delete_missing: bool = False,
+    rehash_images: bool = False,
 ) -> IngestCounts:
     """Upsert a catalog file and its photos into the Delta tables.
+
+    A photo whose path, length and modification time match what the catalog recorded is not
+    read again; its hash is carried over. Only new or changed rows are merged, so an unchanged
+    catalog adds no table version.
 
     Parameters
     ----------
@@ -189,6 +242,14 @@ def ingest_catalog(
         Id recorded on every row written.
     file_format : str, optional
         Overrides the format told from the extension.
+    run_seq : int, optional
+        The run's sequence number: every write becomes a Delta idempotent write, so a rerun of a
+        killed run does not apply twice what it had committed.
+    delete_missing : bool
+        The file is the whole catalog: items in the table but not in the file are deleted. Items
+        in the file whose row is quarantined keep their last good row.
+    rehash_images : bool
+        Read and hash every photo even when its length and modification time are unchanged.
 
     Returns
     -------
@@ -199,8 +260,63 @@ def ingest_catalog(
     ensure_table(spark, config, QUARANTINE)
 
     raw = read_catalog_file(spark, catalog_path, file_format=file_format)
-    rows = validate_rows(raw, image_root=str(config["catalog"]["image_root"]))
-    files = read_image_files(spark, rows.where("reason IS NULL"))
+    rows = validate_rows(raw, image_root=str(config["catalog"]["image_root"])).persist(StorageLevel.MEMORY_AND_DISK)
+    listing = list_image_files(spark, rows.where("reason IS NULL"))
+    current = catalog_table.toDF()
+    known = current.select(
+        F.col("image_uri").alias("path"),
+        F.col("image_size").alias("length"),
+        F.col("image_modified_at").alias("modificationTime"),
+        F.col("image_hash").alias("known_hash"),
+    ).dropDuplicates(["path", "length", "modificationTime"])
+    if rehash_images:
+        known = known.limit(0)
+    listed = listing.join(known, ["path", "length", "modificationTime"], "left").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        referenced = rows.where("reason IS NULL").select(F.col("resolved_uri").alias("path"))
+        unknown = listed.where("known_hash IS NULL").join(referenced, "path", "left_semi")
+        photos = read_image_files(spark, unknown).withColumn("read_hash", F.sha2("content", 256))
+        photos = photos.persist(StorageLevel.MEMORY_AND_DISK)
+        files = (
+            listed.join(photos.select("path", F.col("length").alias("read_length"),
+                                      F.col("modificationTime").alias("read_time"), "read_hash"), "path", "left")
+            .select(
+                "path",
+                F.coalesce("read_length", "length").alias("image_size"),
+                F.coalesce("read_time", "modificationTime").alias("image_modified_at"),
+                F.coalesce("known_hash", "read_hash").alias("file_hash"),
+            )
+        )
+        counts = _merge_rows(
+            spark, config, catalog_table, images_table, rows, files, photos,
+            run_id=run_id, run_seq=run_seq, delete_missing=delete_missing,
+        )
+    finally:
+        for frame in (rows, listed):
+            frame.unpersist()
+        if "photos" in locals():
+            photos.unpersist()
+    log.info(
+        "ingest %s: %d rows in, %d ingested, %d quarantined %s, %d photos read, %d new photos, %d items changed, %d deleted",
+        catalog_path, counts.input_rows, counts.ingested, counts.quarantined_total, counts.quarantined,
+        counts.photos_read, counts.new_images, counts.changed, counts.deleted,
+    )
+    return counts
+
+
+def _merge_rows(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    catalog_table: DeltaTable,
+    images_table: DeltaTable,
+    rows: DataFrame,
+    files: DataFrame,
+    photos: DataFrame,
+    *,
+    run_id: str,
+    run_seq: int | None,
+    delete_missing: bool,
+) -> IngestCounts:
     now = F.current_timestamp()
     joined = (
         rows.join(files, rows.resolved_uri == files.path, "left")
@@ -209,7 +325,7 @@ def ingest_catalog(
             F.coalesce(
                 F.col("reason"),
                 # Spark's file sources skip zero-byte files, so an empty photo is missing too.
-                F.when(F.col("path").isNull(), F.lit("missing_image")),
+                F.when(F.col("file_hash").isNull(), F.lit("missing_image")),
             ),
         )
         .withColumn(
@@ -219,7 +335,7 @@ def ingest_catalog(
                 F.when(F.col("reason") == "missing_image", F.concat(F.lit("no such file, or zero bytes: "), F.col("resolved_uri"))),
             ),
         )
-        .withColumn("image_hash", F.when(F.col("reason").isNull(), F.sha2("content", 256)))
+        .withColumn("image_hash", F.when(F.col("reason").isNull(), F.col("file_hash")))
         .withColumn("run_id", F.lit(run_id))
         .withColumn("ingested_at", now)
         .persist(StorageLevel.MEMORY_AND_DISK)
@@ -227,20 +343,22 @@ def ingest_catalog(
     try:
         good = joined.where("reason IS NULL")
         bad = joined.where("reason IS NOT NULL")
-
-        append_quarantine(config, bad, run_id=run_id, stage="ingest")
+        append_quarantine(config, bad, run_id=run_id, stage="ingest", run_seq=run_seq)
 
         new_images = (
-            good.select("image_hash", "content", F.col("length").alias("size_bytes"), "run_id")
+            photos.select(F.col("read_hash").alias("image_hash"), "content", F.col("length").alias("size_bytes"),
+                          F.lit(run_id).alias("run_id"))
+            .join(good.select("image_hash").distinct(), "image_hash", "left_semi")
             .dropDuplicates(["image_hash"])
         )
-        merged = (
-            images_table.alias("t")
-            .merge(conform(new_images, IMAGES).alias("s"), "t.image_hash = s.image_hash")
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
-        images_added = int(merged.first()["num_inserted_rows"])
+        with _idempotent(spark, "lookalike.ingest.images", run_seq):
+            merged = (
+                images_table.alias("t")
+                .merge(conform(new_images, IMAGES).alias("s"), "t.image_hash = s.image_hash")
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+        images_added = int(merged.first()["num_inserted_rows"]) if merged.first() else 0
 
         catalog_rows = conform(good.withColumn("image_uri", F.col("resolved_uri")), CATALOG)
         # Only new or changed rows go into the MERGE, so an unchanged catalog rewrites no files.
@@ -248,22 +366,46 @@ def ingest_catalog(
         current = catalog_table.toDF()
         changed_rows = catalog_rows.join(
             current, functools.reduce(lambda a, b: a & b, [catalog_rows[c].eqNullSafe(current[c]) for c in compared]), "left_anti"
-        )
-        (
-            catalog_table.alias("t")
-            .merge(changed_rows.alias("s"), "t.item_id = s.item_id")
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        ).withColumn("_delete", F.lit(False))
+        changes = changed_rows
+        if delete_missing:
+            present = joined.where(F.col("item_id").isNotNull()).select("item_id")
+            gone = current.join(present, "item_id", "left_anti")
+            changes = changes.unionByName(gone.withColumn("_delete", F.lit(True)))
+        changes = changes.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            n_changed = changes.where(~F.col("_delete")).count()
+            n_deleted = changes.count() - n_changed
+            if n_changed or n_deleted:
+                with _idempotent(spark, "lookalike.ingest.catalog", run_seq):
+                    (
+                        catalog_table.alias("t")
+                        .merge(changes.alias("s"), "t.item_id = s.item_id")
+                        .whenMatchedDelete("s._delete")
+                        .whenMatchedUpdate(set={c: f"s.`{c}`" for c in CATALOG.column_names})
+                        .whenNotMatchedInsert("NOT s._delete", values={c: f"s.`{c}`" for c in CATALOG.column_names})
+                        .execute()
+                    )
+        finally:
+            changes.unpersist()
         by_reason = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
-        counts = IngestCounts(
-            input_rows=joined.count(), ingested=good.count(), quarantined=by_reason, new_images=images_added
+        return IngestCounts(
+            input_rows=joined.count(),
+            ingested=good.count(),
+            quarantined=by_reason,
+            new_images=images_added,
+            photos_read=photos.count(),
+            changed=n_changed,
+            deleted=n_deleted,
         )
     finally:
         joined.unpersist()
-    log.info(
-        "ingest %s: %d rows in, %d ingested, %d quarantined %s, %d new photos",
-        catalog_path, counts.input_rows, counts.ingested, counts.quarantined_total, counts.quarantined, counts.new_images,
-    )
-    return counts
+
+
+@contextmanager
+def _idempotent(spark: SparkSession, app_id: str, run_seq: int | None) -> Iterator[None]:
+    if run_seq is None:
+        yield
+    else:
+        with idempotent_writes(spark, app_id, run_seq):
+            yield

@@ -9,49 +9,59 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from lookalike.tables import conform, ensure_table, read_table, table_path
-from schemas import EMBEDDINGS, SIMILAR_ITEMS
+from pyspark.sql import functions as F
+
+from lookalike.scoring import DELETE_FLAG, PREVIOUS_BAND, PREVIOUS_CATEGORY, VECTOR_CHANGED
+from lookalike.tables import conform
+from schemas import SIMILAR_ITEMS
 
 log = logging.getLogger(__name__)
 
 PARTITION_KEYS = ("category", "price_band")
 
 
-def top_k_blocked(vectors: np.ndarray, k: int, *, block_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner-product neighbours of every row among the other rows.
+def top_k_blocked(
+    vectors: np.ndarray, k: int, *, block_rows: int = 1024, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner-product neighbours of every row (or of ``rows``) among the other rows.
 
     The similarity matrix is computed ``block_rows`` rows at a time (one BLAS matrix product
-    each), so memory is ``block_rows x n`` rather than ``n x n``. Ties are broken by the lower
+    each), so memory is ``block_rows x n`` rather than ``n x n``. Products are summed in float64,
+    so a row's list does not depend on which other rows share its block: an incremental refresh
+    that recomputes a few rows gets the lists a full rebuild would. Ties are broken by the lower
     row index, so the result is deterministic.
 
     Parameters
     ----------
     vectors : numpy.ndarray
-        ``(n, d)`` float32, L2-normalised rows (inner product = cosine).
+        ``(n, d)`` L2-normalised rows (inner product = cosine).
     k : int
         Neighbours per row; fewer when ``n - 1 < k``.
     block_rows : int
         Rows per matrix product.
+    rows : numpy.ndarray, optional
+        Indices of the rows to compute lists for; default all.
 
     Returns
     -------
     neighbours : numpy.ndarray
-        ``(n, min(k, n - 1))`` row indices, most similar first.
+        ``(len(rows), min(k, n - 1))`` row indices, most similar first.
     scores : numpy.ndarray
         Matching similarities, float32.
     """
     n = vectors.shape[0]
+    queries = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    m = len(queries)
     kk = min(k, n - 1)
     if kk <= 0:
-        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    neighbours = np.empty((n, kk), dtype=np.int64)
-    scores = np.empty((n, kk), dtype=np.float32)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        sims = vectors[start:stop] @ vectors.T
-        rows = np.arange(stop - start)
-        sims[rows, rows + start] = -np.inf  # never your own neighbour
+        return np.zeros((m, 0), dtype=np.int64), np.zeros((m, 0), dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float64)
+    neighbours = np.empty((m, kk), dtype=np.int64)
+    scores = np.empty((m, kk), dtype=np.float32)
+    for start in range(0, m, block_rows):
+        stop = min(start + block_rows, m)
+        sims = vectors[queries[start:stop]] @ vectors.T
+        sims[np.arange(stop - start), queries[start:stop]] = -np.inf  # never your own neighbour
         # The kk-th largest score per row; everything above it is in, ties at it go to lower indices.
         kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1 : kk]
         above = sims > kth
@@ -66,42 +76,77 @@ def top_k_blocked(vectors: np.ndarray, k: int, *, block_rows: int = 1024) -> tup
     return neighbours, scores
 
 
-def _partition_top_k(k: int, block_rows: int, run_id: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+# Per-item flags the partition function reads besides the embeddings columns.
+MUST_RECOMPUTE = "_must"
+ENTRANT = "_entrant"
+PREVIOUS_LENGTH = "_previous_length"
+PREVIOUS_KTH = "_previous_kth"
+
+
+def _partition_top_k(
+    k: int, block_rows: int, run_id: str, catalog_version: int
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Lists for the rows of one (category, band) group that need them.
+
+    Without the incremental flags every row gets a list. With them, a row gets one if it must
+    (its own item or a neighbour changed) or if an entrant (an item new to the partition or
+    with a new vector) scores at least its previous k-th score, or its list was short.
+    """
     def top_k(group: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
-        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float32)
-        neighbours, scores = top_k_blocked(vectors, k, block_rows=block_rows)
-        n, kk = neighbours.shape
-        source = np.repeat(np.arange(n), kk)
+        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
+        n = len(group)
+        if MUST_RECOMPUTE in group:
+            wanted = group[MUST_RECOMPUTE].eq(True).to_numpy()
+            entrants = np.flatnonzero(group[ENTRANT].eq(True).to_numpy())
+            if len(entrants):
+                sims = vectors @ vectors[entrants].T
+                sims[entrants, np.arange(len(entrants))] = -np.inf
+                best = sims.max(axis=1).astype(np.float32)
+                short = group[PREVIOUS_LENGTH].fillna(0).to_numpy() < min(k, n - 1)
+                kth = group[PREVIOUS_KTH].to_numpy(dtype=np.float32, na_value=np.inf)
+                wanted |= short | (best >= kth)
+            rows = np.flatnonzero(wanted)
+        else:
+            rows = np.arange(n)
+        neighbours, scores = top_k_blocked(vectors, k, block_rows=block_rows, rows=rows)
+        kk = neighbours.shape[1]
+        source = np.repeat(rows, kk)
         target = neighbours.reshape(-1)
         return pd.DataFrame(
             {
                 "category": group["category"].iloc[0] if n else None,
                 "price_band": group["price_band"].iloc[0] if n else None,
                 "item_id": group["item_id"].to_numpy()[source],
-                "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), n),
+                "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), len(rows)),
                 "neighbour_id": group["item_id"].to_numpy()[target],
                 "score": scores.reshape(-1),
                 "neighbour_price": group["price"].to_numpy()[target],
                 "model_version": group["model_version"].to_numpy()[source],
                 "run_id": run_id,
+                "catalog_version": catalog_version,
             }
         )
 
     return top_k
 
 
-def similar_items(embeddings: DataFrame, *, k: int, block_rows: int, run_id: str) -> DataFrame:
+def similar_items(
+    embeddings: DataFrame, *, k: int, block_rows: int, run_id: str, catalog_version: int = 0
+) -> DataFrame:
     """Top-k look-alikes per item within its (category, price band), computed per partition in parallel.
 
     Parameters
     ----------
     embeddings : DataFrame
-        Rows of the ``embeddings`` table.
+        Rows of the ``embeddings`` table; with the columns ``_must``, ``_entrant``,
+        ``_previous_length`` and ``_previous_kth`` only the rows that need a new list get one.
     k, block_rows : int
         List length, and rows per BLAS block.
     run_id : str
         Recorded on every row.
+    catalog_version : int
+        Version of ``catalog`` the embeddings were computed from, recorded on every row.
 
     Returns
     -------
@@ -109,30 +154,87 @@ def similar_items(embeddings: DataFrame, *, k: int, block_rows: int, run_id: str
         In the ``similar_items`` schema.
     """
     columns = ["category", "price_band", "item_id", "embedding", "price", "model_version"]
+    columns += [c for c in (MUST_RECOMPUTE, ENTRANT, PREVIOUS_LENGTH, PREVIOUS_KTH) if c in embeddings.columns]
     return conform(
         embeddings.select(*columns)
         .groupBy(*PARTITION_KEYS)
-        .applyInPandas(_partition_top_k(k, block_rows, run_id), SIMILAR_ITEMS.spark_schema),
+        .applyInPandas(_partition_top_k(k, block_rows, run_id, catalog_version), SIMILAR_ITEMS.spark_schema),
         SIMILAR_ITEMS,
     )
 
 
-def build_index(spark: SparkSession, config: Mapping[str, Any], *, run_id: str) -> int:
-    """Compute ``similar_items`` from ``embeddings`` and overwrite the table.
+def stage_lists(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    state: DataFrame,
+    changes: DataFrame,
+    previous: DataFrame,
+    run_id: str,
+    catalog_version: int,
+    staging_path: str,
+) -> int:
+    """Write the ``similar_items`` rows that change to ``staging_path``.
+
+    Recomputed: the lists of changed items; every list that holds a changed, moved or deleted
+    item; and every list that an item new to its partition (or with a new photo or model) now
+    enters. Only the partitions an item entered or left are read. Rows of old lists that the
+    new lists do not overwrite are staged with ``_delete`` true.
+
+    Parameters
+    ----------
+    state : DataFrame
+        The new ``embeddings`` rows of every item.
+    changes : DataFrame
+        The staged embeddings changes (see ``scoring.stage_embeddings``).
+    previous : DataFrame
+        The published ``similar_items`` (empty for a first build).
+    run_id, catalog_version
+        Lineage written on recomputed rows.
+    staging_path : str
+        Delta folder written (overwritten) in one commit.
 
     Returns
     -------
     int
-        Rows written.
+        Lists recomputed.
     """
-    ensure_table(spark, config, SIMILAR_ITEMS)
-    lists = similar_items(
-        read_table(spark, config, EMBEDDINGS),
-        k=int(config["index"]["k"]),
-        block_rows=int(config["index"]["block_rows"]),
-        run_id=run_id,
+    k = int(config["index"]["k"])
+    changed_ids = changes.select("item_id")
+    touched = (
+        changes.where(~F.col(DELETE_FLAG)).select(*PARTITION_KEYS)
+        .unionByName(changes.select(F.col(PREVIOUS_CATEGORY).alias("category"), F.col(PREVIOUS_BAND).alias("price_band")))
+        .where(F.col("category").isNotNull())
+        .distinct()
     )
-    lists.write.format("delta").mode("overwrite").save(table_path(config, SIMILAR_ITEMS))
-    written = read_table(spark, config, SIMILAR_ITEMS).count()
-    log.info("index: %d neighbour rows written (k=%s)", written, config["index"]["k"])
-    return written
+    holding_changed = previous.join(changed_ids.withColumnRenamed("item_id", "neighbour_id"), "neighbour_id", "left_semi")
+    must = (
+        changes.where(~F.col(DELETE_FLAG)).select("item_id")
+        .unionByName(holding_changed.select("item_id"))
+        .distinct()
+        .withColumn(MUST_RECOMPUTE, F.lit(True))
+    )
+    entrants = changes.where(~F.col(DELETE_FLAG) & F.col(VECTOR_CHANGED)).select("item_id").withColumn(ENTRANT, F.lit(True))
+    previous_lists = previous.groupBy("item_id").agg(
+        F.count("*").alias(PREVIOUS_LENGTH), F.min("score").alias(PREVIOUS_KTH)
+    )
+    candidates = (
+        state.join(F.broadcast(touched), list(PARTITION_KEYS), "left_semi")
+        .join(must, "item_id", "left")
+        .join(entrants, "item_id", "left")
+        .join(previous_lists, "item_id", "left")
+    )
+    lists = similar_items(
+        candidates, k=k, block_rows=int(config["index"]["block_rows"]), run_id=run_id, catalog_version=catalog_version
+    ).withColumn(DELETE_FLAG, F.lit(False))
+    # Old rows of recomputed or deleted items that no new row replaces.
+    replaced = must.select("item_id").unionByName(changes.where(F.col(DELETE_FLAG)).select("item_id"))
+    stale = (
+        previous.join(replaced, "item_id", "left_semi")
+        .join(lists.select("item_id", "rank"), ["item_id", "rank"], "left_anti")
+        .withColumn(DELETE_FLAG, F.lit(True))
+    )
+    lists.unionByName(stale).write.format("delta").mode("overwrite").save(staging_path)
+    recomputed = spark.read.format("delta").load(staging_path).where(~F.col(DELETE_FLAG)).select("item_id").distinct().count()
+    log.info("index: %d lists recomputed (k=%d)", recomputed, k)
+    return recomputed

@@ -1,21 +1,18 @@
-"""The stages in order -- ingest, train, embed, index, publish -- with a summary of each."""
+"""The demo's pipeline: one refresh run that also trains, then the quality of the published lists."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from pyspark.sql import SparkSession
 
 from lookalike.evaluation import list_quality
-from lookalike.ingest import ingest_catalog
-from lookalike.neighbours import build_index
-from lookalike.runs import StageTimer, record_run
-from lookalike.scoring import embed_catalog
-from lookalike.tables import read_table, register_tables
-from schemas import SIMILAR_ITEMS
-from lookalike.training import train_models
+from lookalike.model_store import load_metrics
+from lookalike.publish import published_table
+from lookalike.refresh import refresh
+from lookalike.runs import StageTimer
+from schemas import EMBEDDINGS, SIMILAR_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ def run_pipeline(
     run_id: str,
     train: bool = True,
 ) -> dict[str, Any]:
-    """Run every stage on one catalog file and record the run.
+    """Run every stage on one catalog file as one refresh run, then measure the published lists.
 
     Parameters
     ----------
@@ -37,51 +34,43 @@ def run_pipeline(
     run_id : str
         Recorded on every row written.
     train : bool
-        Train a new model bundle; if False, the latest one is used.
+        Train a new model bundle after ingest; if False, the latest one is used.
 
     Returns
     -------
     dict
         Counts, model metrics, list quality and seconds per stage.
     """
-    started = datetime.now(timezone.utc)
+    result = refresh(spark, config, catalog_path=catalog_path, run_id=run_id, train=train)
+    if result.publication is None:
+        raise RuntimeError(f"run {run_id} published nothing")
     timer = StageTimer()
-    with timer.stage("ingest"):
-        ingested = ingest_catalog(spark, config, catalog_path, run_id=run_id)
-    model_version, accuracy = None, None
-    if train:
-        with timer.stage("train"):
-            manifest, metrics = train_models(spark, config)
-        model_version, accuracy = manifest.version, metrics["classifier"]["accuracy"]
-    with timer.stage("embed"):
-        embedded = embed_catalog(spark, config, run_id=run_id, model_version=model_version)
-    with timer.stage("index"):
-        neighbour_rows = build_index(spark, config, run_id=run_id)
-    with timer.stage("publish"):
-        register_tables(spark, config)
     with timer.stage("evaluate"):
         quality = list_quality(spark, config, k=10)
-
+    model_version = result.publication.model_version
+    metrics = load_metrics(config, model_version)
+    ingested, embedded, figures = result.ingest, result.embed, result.figures
+    quarantined = {**(ingested.quarantined if ingested else {}), **(embedded.quarantined if embedded else {})}
     summary: dict[str, Any] = {
         "run_id": run_id,
         "model_version": model_version,
-        "input_rows": ingested.input_rows,
-        "items_ingested": ingested.ingested,
-        "items_quarantined": ingested.quarantined_total + sum(embedded.quarantined.values()),
-        "quarantined_by_reason": {**ingested.quarantined, **embedded.quarantined},
-        "items_embedded": embedded.embedded,
-        "items_indexed": read_table(spark, config, SIMILAR_ITEMS).select("item_id").distinct().count(),
-        "neighbour_rows": neighbour_rows,
-        "classifier_holdout_accuracy": accuracy,
+        "status": result.status,
+        "input_rows": int(figures.get("input_rows", 0)),
+        "items_ingested": int(figures.get("items_ingested", 0)),
+        "items_quarantined": sum(quarantined.values()),
+        "quarantined_by_reason": quarantined,
+        "items_embedded": published_table(spark, config, EMBEDDINGS).count(),
+        "photos_scored": int(figures.get("photos_scored", 0)),
+        "items_indexed": published_table(spark, config, SIMILAR_ITEMS).select("item_id").distinct().count(),
+        "neighbour_rows": published_table(spark, config, SIMILAR_ITEMS).count(),
+        "lists_recomputed": int(figures.get("lists_recomputed", 0)),
+        "classifier_holdout_accuracy": metrics["classifier"]["accuracy"],
         "article_type_precision_at_10": quality["precision"],
         "article_type_precision_at_10_strict": quality["strict_precision"],
         "random_list_precision_at_10": quality["random_baseline"],
         "items_evaluated": int(quality["items"]),
-        "seconds": {name: round(s, 1) for name, s in timer.seconds.items()},
+        "seconds": {name: round(s, 1) for name, s in {**result.seconds, **timer.seconds}.items()},
     }
-    figures = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
-    figures.update({f"seconds_{k}": v for k, v in timer.seconds.items()})
-    record_run(spark, config, run_id=run_id, job="pipeline", started_at=started, figures=figures, model_version=model_version)
     return summary
 
 

@@ -49,9 +49,13 @@ def record_run(
     started_at: datetime,
     figures: Mapping[str, float],
     model_version: str | None = None,
+    run_seq: int | None = None,
 ) -> None:
-    """Append one row to the ``runs`` table."""
+    """Append one row to the ``runs`` table; with ``run_seq``, at most once per run (idempotent write)."""
     ensure_table(spark, config, RUNS)
     row = [(run_id, job, started_at, datetime.now(timezone.utc), model_version, {k: float(v) for k, v in figures.items()})]
     frame = spark.createDataFrame(row, RUNS.spark_schema)
-    conform(frame, RUNS).write.format("delta").mode("append").save(table_path(config, RUNS))
+    writer = conform(frame, RUNS).write.format("delta").mode("append")
+    if run_seq is not None:
+        writer = writer.option("txnAppId", f"lookalike.runs.{job}").option("txnVersion", int(run_seq))
+    writer.save(table_path(config, RUNS))

@@ -1,7 +1,8 @@
-"""Embed: score every catalog photo with a pandas UDF -> Delta ``embeddings``; undecodable photos -> quarantine."""
+"""Embed: score new photos with a pandas UDF and stage the ``embeddings`` rows that change; undecodable photos -> quarantine."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
@@ -14,9 +15,9 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.storagelevel import StorageLevel
 
 from lookalike.images import decode_batch
-from lookalike.model_store import ModelManifest, load_manifest, load_scorer_from_bytes, read_scorer_bytes
-from lookalike.tables import append_quarantine, conform, ensure_table, read_table, table_path
-from schemas import CATALOG, EMBEDDINGS, IMAGES, QUARANTINE
+from lookalike.model_store import ModelManifest, load_scorer_from_bytes, read_scorer_bytes
+from lookalike.tables import append_quarantine, read_table
+from schemas import EMBEDDINGS, IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -132,41 +133,47 @@ def assign_price_bands(df: DataFrame, config: Mapping[str, Any]) -> DataFrame:
 
 @dataclass
 class EmbedCounts:
-    """Items scored and quarantined by one embed run."""
+    """What one embed stage did: items in the catalog, photos scored, rows staged."""
 
     items: int
     embedded: int
+    photos_scored: int = 0
+    upserted: int = 0
+    deleted: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     arrow_batch_rows: int = 0
+    full_reembed_reason: str | None = None
 
 
-def embed_catalog(
-    spark: SparkSession,
-    config: Mapping[str, Any],
-    *,
-    run_id: str,
-    model_version: str | None = None,
-) -> EmbedCounts:
-    """Score the whole catalog and overwrite ``embeddings``; photos that fail to decode go to quarantine.
+# Staged change rows carry these besides the table's columns.
+DELETE_FLAG = "_delete"
+VECTOR_CHANGED = "_vector_changed"
+PREVIOUS_CATEGORY = "_previous_category"
+PREVIOUS_BAND = "_previous_band"
+
+# Columns whose change makes an item's embeddings row change; the embedding itself follows from
+# image_hash and model_version.
+_COMPARED = ("category", "given_category", "predicted_category", "confidence", "price", "price_band", "image_hash", "model_version")
+
+
+def score_images(
+    spark: SparkSession, config: Mapping[str, Any], manifest: ModelManifest, scorer_bytes: Any, hashes: DataFrame
+) -> tuple[DataFrame, int]:
+    """Score each distinct photo once with a pandas UDF.
 
     Parameters
     ----------
-    spark : SparkSession
-    config : mapping
-    run_id : str
-        Recorded on every row written.
-    model_version : str, optional
-        Model bundle to use; default the latest.
+    scorer_bytes : Broadcast
+        The scorer file's bytes; keep it alive while the result is used.
+    hashes : DataFrame
+        ``image_hash`` of the photos to score (keys into ``images``).
 
     Returns
     -------
-    EmbedCounts
+    (DataFrame, int)
+        ``image_hash``, ``predicted_category``, ``confidence``, ``embedding``, ``decode_error``
+        (persisted; the caller unpersists), and the Arrow batch rows used.
     """
-    manifest = load_manifest(config, model_version)
-    scorer_bytes = spark.sparkContext.broadcast(read_scorer_bytes(config, manifest))
-    ensure_table(spark, config, EMBEDDINGS)
-    ensure_table(spark, config, QUARANTINE)
-
     embed_conf = config["embed"]
     rows = arrow_batch_rows(
         image_size=manifest.image_size,
@@ -174,49 +181,158 @@ def embed_catalog(
         max_rows=int(embed_conf["max_rows_per_batch"]),
     )
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
+    wanted = hashes.select("image_hash").distinct().persist(StorageLevel.MEMORY_AND_DISK)
+    n = wanted.count()
+    # Enough tasks to keep every core busy, but no more than there are batches: each new Python
+    # worker loads TensorFlow and the model once.
+    slots = max(2, spark.sparkContext.defaultParallelism * int(embed_conf.get("tasks_per_core", 2)))
+    partitions = max(1, min(slots, -(-n // 64)))
     score = make_score_udf(manifest, scorer_bytes, tf_threads=int(embed_conf["tf_threads_per_task"]))
-
-    catalog = read_table(spark, config, CATALOG).select(
-        "item_id", F.col("category").alias("given_category"), "price", "image_hash"
-    )
     images = read_table(spark, config, IMAGES).select("image_hash", "content")
-    # Enough tasks to keep every core busy; the images table may be a single file.
-    partitions = max(2, spark.sparkContext.defaultParallelism * int(embed_conf.get("tasks_per_core", 2)))
     scored = (
-        catalog.join(images, "image_hash")
-        .repartition(partitions, "item_id")
+        images.join(wanted, "image_hash", "left_semi")
+        .repartition(partitions, "image_hash")
+        # A fixed order, so a rerun scores the same photos in the same batches.
+        .sortWithinPartitions("image_hash")
         .withColumn("out", score("content"))
-        .select("item_id", "given_category", "price", "image_hash", "out.*")
+        .select("image_hash", "out.*")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    if n:
+        scored.count()
+    wanted.unpersist()
+    return scored, rows
+
+
+def stage_embeddings(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    manifest: ModelManifest,
+    catalog: DataFrame,
+    previous: DataFrame,
+    run_id: str,
+    catalog_version: int,
+    staging_path: str,
+    run_seq: int | None = None,
+) -> EmbedCounts:
+    """Write the embeddings rows that change to ``staging_path``: new or changed items scored, the rest carried over.
+
+    A photo already scored by the same model (in ``previous``, under any item) is not scored
+    again. A new model version re-embeds every item. Photos that fail to decode go to quarantine.
+
+    Parameters
+    ----------
+    catalog : DataFrame
+        The ``catalog`` table at the version this run reads.
+    previous : DataFrame
+        The published ``embeddings`` (empty for a first build).
+    run_id, catalog_version, run_seq
+        Lineage written on changed rows; ``run_seq`` makes the quarantine append idempotent.
+    staging_path : str
+        Delta folder the changes are written to (overwritten), in one commit: the rows of the
+        ``embeddings`` schema plus ``_delete`` (true: the item is gone; the row is its previous
+        one), ``_vector_changed`` (new item, photo, model or partition) and
+        ``_previous_category`` / ``_previous_band``.
+
+    Returns
+    -------
+    EmbedCounts
+    """
+    items = catalog.select("item_id", F.col("category").alias("given_category"), "price", "image_hash")
+    models = [r["model_version"] for r in previous.select("model_version").distinct().collect()]
+    full_reason = None
+    if models and models != [manifest.version]:
+        full_reason = f"model version changed from {sorted(models)} to {manifest.version}: re-embedding every item"
+        log.warning("embed: %s", full_reason)
+    # One output per photo: a photo is scored once per model, whichever items show it.
+    known = (
+        previous.where(F.col("model_version") == manifest.version)
+        .groupBy("image_hash")
+        .agg(F.min_by(F.struct("predicted_category", "confidence", "embedding"), "item_id").alias("o"))
+        .select("image_hash", "o.*")
+    )
+    missing = items.join(known, "image_hash", "left_anti").select("image_hash")
+    scorer_bytes = spark.sparkContext.broadcast(read_scorer_bytes(config, manifest))
+    scored, batch_rows = score_images(spark, config, manifest, scorer_bytes, missing)
     try:
         failed = scored.where(F.col("decode_error").isNotNull())
-        refused = failed.select(
+        refused = items.join(failed, "image_hash").select(
             "item_id",
             F.lit("undecodable_image").alias("reason"),
             F.col("decode_error").alias("detail"),
             F.to_json(F.struct("item_id", "image_hash")).alias("source_record"),
         )
-        append_quarantine(config, refused, run_id=run_id, stage="embed")
-
-        good = (
-            scored.where(F.col("decode_error").isNull())
+        append_quarantine(config, refused, run_id=run_id, stage="embed", run_seq=run_seq)
+        outputs = known.unionByName(scored.where(F.col("decode_error").isNull()).drop("decode_error"))
+        state = assign_price_bands(
+            items.join(outputs, "image_hash")
             .withColumn("category", F.coalesce("given_category", "predicted_category"))
-            .withColumn("model_version", F.lit(manifest.version))
-            .withColumn("run_id", F.lit(run_id))
+            .withColumn("model_version", F.lit(manifest.version)),
+            config,
         )
-        banded = assign_price_bands(good, config)
-        conform(banded, EMBEDDINGS).write.format("delta").mode("overwrite").save(table_path(config, EMBEDDINGS))
-        total, n_failed = scored.count(), failed.count()
+        changes = _diff(state, previous, run_id=run_id, catalog_version=catalog_version)
+        changes.write.format("delta").mode("overwrite").save(staging_path)
+        n_failed = refused.count()
+        counts = EmbedCounts(
+            items=items.count(),
+            embedded=0,
+            photos_scored=scored.count() - failed.count(),
+            quarantined={"undecodable_image": n_failed} if n_failed else {},
+            arrow_batch_rows=batch_rows,
+            full_reembed_reason=full_reason,
+        )
+        counts.embedded = counts.items - n_failed
     finally:
         scored.unpersist()
         scorer_bytes.destroy()
-    counts = EmbedCounts(
-        items=total,
-        embedded=total - n_failed,
-        quarantined={"undecodable_image": n_failed} if n_failed else {},
-        arrow_batch_rows=rows,
+    staged = spark.read.format("delta").load(staging_path)
+    by_flag = {r[DELETE_FLAG]: r["count"] for r in staged.groupBy(DELETE_FLAG).count().collect()}
+    counts.upserted, counts.deleted = by_flag.get(False, 0), by_flag.get(True, 0)
+    log.info(
+        "embed: %d items, %d photos scored, %d rows changed, %d deleted, %d quarantined (model %s)",
+        counts.items, counts.photos_scored, counts.upserted, counts.deleted, n_failed, manifest.version,
     )
-    log.info("embed: %d items, %d embedded, %d quarantined (model %s, %d rows per Arrow batch)",
-             counts.items, counts.embedded, n_failed, manifest.version, rows)
     return counts
+
+
+def _diff(state: DataFrame, previous: DataFrame, *, run_id: str, catalog_version: int) -> DataFrame:
+    new, old = state.alias("n"), previous.alias("p")
+    joined = new.join(old, F.col("n.item_id") == F.col("p.item_id"), "full_outer")
+    differs = functools.reduce(
+        lambda a, b: a | b, [~F.col(f"n.{c}").eqNullSafe(F.col(f"p.{c}")) for c in _COMPARED]
+    )
+    vector_changed = (
+        F.col("p.item_id").isNull()
+        | ~F.col("n.image_hash").eqNullSafe(F.col("p.image_hash"))
+        | ~F.col("n.model_version").eqNullSafe(F.col("p.model_version"))
+        | ~F.col("n.category").eqNullSafe(F.col("p.category"))
+        | ~F.col("n.price_band").eqNullSafe(F.col("p.price_band"))
+    )
+    lineage = {"run_id": F.lit(run_id), "catalog_version": F.lit(catalog_version).cast("long")}
+    upserts = joined.where(F.col("n.item_id").isNotNull() & differs).select(
+        *[lineage.get(c, F.col(f"n.{c}")).alias(c) for c in EMBEDDINGS.column_names],
+        F.lit(False).alias(DELETE_FLAG),
+        vector_changed.alias(VECTOR_CHANGED),
+        F.col("p.category").alias(PREVIOUS_CATEGORY),
+        F.col("p.price_band").alias(PREVIOUS_BAND),
+    )
+    deletes = joined.where(F.col("n.item_id").isNull()).select(
+        *[F.col(f"p.{c}").alias(c) for c in EMBEDDINGS.column_names],
+        F.lit(True).alias(DELETE_FLAG),
+        F.lit(True).alias(VECTOR_CHANGED),
+        F.col("p.category").alias(PREVIOUS_CATEGORY),
+        F.col("p.price_band").alias(PREVIOUS_BAND),
+    )
+    return conform_changes(upserts.unionByName(deletes))
+
+
+def conform_changes(changes: DataFrame) -> DataFrame:
+    """Cast staged embeddings changes to the table's schema, followed by the change columns."""
+    return changes.select(
+        *[changes[c.name].cast(c.data_type).alias(c.name) for c in EMBEDDINGS.columns],
+        F.col(DELETE_FLAG).cast("boolean"),
+        F.col(VECTOR_CHANGED).cast("boolean"),
+        F.col(PREVIOUS_CATEGORY).cast("string"),
+        F.col(PREVIOUS_BAND).cast("int"),
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -74,23 +75,57 @@ def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSch
         .property("delta.logRetentionDuration", "interval 30 days")
         .property("delta.deletedFileRetentionDuration", "interval 7 days")
     )
+    if table.change_data_feed:
+        builder = builder.property("delta.enableChangeDataFeed", "true")
     if table.partition_by:
         builder = builder.partitionedBy(*table.partition_by)
     delta_table = builder.execute()
-    existing = {
-        row["key"].removeprefix("delta.constraints.")
-        for row in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
-        if row["key"].startswith("delta.constraints.")
-    }
+    # Tables created by an older release: add the columns declared since (nullable, so old rows stay valid).
+    present = set(delta_table.toDF().columns)
+    added = [c for c in table.columns if c.name not in present]
+    if added:
+        columns = ", ".join(f"`{checked_identifier(c.name)}` {c.data_type.simpleString()}" for c in added)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        log.info("%s: added column(s) %s", table.name, [c.name for c in added])
+    properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    if table.change_data_feed and properties.get("delta.enableChangeDataFeed") != "true":
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    existing = {key.removeprefix("delta.constraints.") for key in properties if key.startswith("delta.constraints.")}
     for name, expression in table.constraints.items():
         if name.lower() not in existing:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {checked_identifier(name)} CHECK ({expression})")
     return delta_table
 
 
-def read_table(spark: SparkSession, config: Mapping[str, Any], table: TableSchema) -> DataFrame:
-    """Read the current version of a table."""
-    return spark.read.format("delta").load(table_path(config, table))
+def read_table(
+    spark: SparkSession, config: Mapping[str, Any], table: TableSchema, *, version: int | None = None
+) -> DataFrame:
+    """Read a table: its current version, or ``version`` (time travel)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", int(version))
+    return reader.load(table_path(config, table))
+
+
+def table_version(spark: SparkSession, config: Mapping[str, Any], table: TableSchema) -> int:
+    """The table's latest committed version."""
+    return int(DeltaTable.forPath(spark, table_path(config, table)).history(1).first()["version"])
+
+
+@contextmanager
+def idempotent_writes(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
+    """Delta idempotent writes for every write in the block, MERGE and DELETE included.
+
+    A write to a table that already holds a commit for ``app_id`` at ``version`` or later is
+    skipped, so a rerun of a run re-applies nothing it had committed before it was killed.
+    """
+    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
+    spark.conf.set("spark.databricks.delta.write.txnVersion", str(int(version)))
+    try:
+        yield
+    finally:
+        spark.conf.unset("spark.databricks.delta.write.txnAppId")
+        spark.conf.unset("spark.databricks.delta.write.txnVersion")
 
 
 def conform(df: DataFrame, table: TableSchema) -> DataFrame:
@@ -128,8 +163,9 @@ def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]
     return names
 
 
-
-def append_quarantine(config: Mapping[str, Any], refused: DataFrame, *, run_id: str, stage: str) -> None:
+def append_quarantine(
+    config: Mapping[str, Any], refused: DataFrame, *, run_id: str, stage: str, run_seq: int | None = None
+) -> None:
     """Append refused rows to ``quarantine``.
 
     Parameters
@@ -138,6 +174,8 @@ def append_quarantine(config: Mapping[str, Any], refused: DataFrame, *, run_id: 
         ``item_id``, ``reason``, ``detail`` and ``source_record`` (the input row as JSON).
     run_id, stage : str
         The run, and the job stage that refused the rows.
+    run_seq : int, optional
+        The run's sequence number; makes the append idempotent, so a rerun does not repeat the rows.
     """
     rows = refused.select(
         F.lit(run_id).alias("run_id"),
@@ -148,4 +186,7 @@ def append_quarantine(config: Mapping[str, Any], refused: DataFrame, *, run_id: 
         "source_record",
         F.current_timestamp().alias("quarantined_at"),
     )
-    conform(rows, QUARANTINE).write.format("delta").mode("append").save(table_path(config, QUARANTINE))
+    writer = conform(rows, QUARANTINE).write.format("delta").mode("append")
+    if run_seq is not None:
+        writer = writer.option("txnAppId", f"lookalike.quarantine.{stage}").option("txnVersion", int(run_seq))
+    writer.save(table_path(config, QUARANTINE))

@@ -1,0 +1,296 @@
+"""All-or-nothing publishing: apply a run's staged changes, then commit one pointer row.
+
+Delta commits are atomic per table only. A run therefore merges its staged changes into
+``embeddings`` and ``similar_items`` (and its ingest into ``catalog``) first, and appends its row
+to ``publications`` last. Readers resolve the pointer and read every table at the version it
+names (``published_table``), so they see run N or run N-1 across all tables, never a mix.
+Every write carries the run's sequence number as a Delta idempotent-write version, so a rerun
+of a killed run skips what it had already committed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator, Mapping, Sequence
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lookalike.tables import (
+    checked_identifier,
+    conform,
+    ensure_table,
+    idempotent_writes,
+    read_table,
+    table_path,
+    table_version,
+)
+from schemas import CATALOG, EMBEDDINGS, PUBLICATIONS, SIMILAR_ITEMS, TableSchema
+
+log = logging.getLogger(__name__)
+
+# The tables a publication pins, with the key their rows are merged on.
+PUBLISHED_KEYS: dict[str, tuple[str, ...]] = {
+    CATALOG.name: ("item_id",),
+    EMBEDDINGS.name: ("item_id",),
+    SIMILAR_ITEMS.name: ("item_id", "rank"),
+}
+PUBLISHED_TABLES: tuple[TableSchema, ...] = (CATALOG, EMBEDDINGS, SIMILAR_ITEMS)
+DELETE_FLAG = "_delete"
+_METADATA_PREFIX = "lookalike:"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One row of ``publications``: a run and the table versions that make it up."""
+
+    run_seq: int
+    run_id: str
+    kind: str
+    model_version: str | None
+    catalog_version: int
+    embeddings_version: int
+    similar_items_version: int
+    input_fingerprint: str | None = None
+
+    def version_of(self, table: TableSchema) -> int:
+        """The version of ``table`` that belongs to this publication."""
+        return int(getattr(self, f"{table.name}_version"))
+
+
+def publications(spark: SparkSession, config: Mapping[str, Any]) -> list[Publication]:
+    """Every publication, oldest first."""
+    rows = read_table(spark, config, PUBLICATIONS).orderBy("run_seq").collect()
+    fields = Publication.__dataclass_fields__
+    return [Publication(**{k: v for k, v in row.asDict().items() if k in fields}) for row in rows]
+
+
+def latest_publication(spark: SparkSession, config: Mapping[str, Any]) -> Publication | None:
+    """The published run (highest run_seq), or None before the first publish."""
+    row = read_table(spark, config, PUBLICATIONS).orderBy(F.col("run_seq").desc()).limit(1).collect()
+    if not row:
+        return None
+    fields = Publication.__dataclass_fields__
+    return Publication(**{k: v for k, v in row[0].asDict().items() if k in fields})
+
+
+def published_table(
+    spark: SparkSession, config: Mapping[str, Any], table: TableSchema, publication: Publication | None = None
+) -> DataFrame:
+    """``table`` as of a publication (default: the latest); empty before the first publish.
+
+    Read every table of one run through the same ``publication`` to see one whole run.
+    """
+    publication = publication if publication is not None else latest_publication(spark, config)
+    if publication is None:
+        return spark.createDataFrame([], table.spark_schema)
+    return read_table(spark, config, table, version=publication.version_of(table))
+
+
+def published_snapshot(spark: SparkSession, config: Mapping[str, Any]) -> tuple[Publication | None, dict[str, DataFrame]]:
+    """The latest publication and every published table at its version, resolved once."""
+    publication = latest_publication(spark, config)
+    return publication, {t.name: published_table(spark, config, t, publication) for t in PUBLISHED_TABLES}
+
+
+def _commit_marker(run_id: str, run_seq: int) -> str:
+    return _METADATA_PREFIX + json.dumps({"run_id": run_id, "run_seq": int(run_seq)}, sort_keys=True)
+
+
+def last_writer(spark: SparkSession, config: Mapping[str, Any], table: TableSchema) -> tuple[str, int] | None:
+    """(run_id, run_seq) of the latest run that changed ``table``'s rows, from the commit metadata."""
+    history = DeltaTable.forPath(spark, table_path(config, table)).history(50)
+    for row in history.where(F.col("userMetadata").startswith(_METADATA_PREFIX)).orderBy(F.col("version").desc()).limit(1).collect():
+        marker = json.loads(row["userMetadata"][len(_METADATA_PREFIX):])
+        return str(marker["run_id"]), int(marker["run_seq"])
+    return None
+
+
+def unfinished_run(spark: SparkSession, config: Mapping[str, Any], publication: Publication | None) -> str | None:
+    """The run that changed a published table after the latest publication and never published, if any."""
+    published_seq = publication.run_seq if publication else 0
+    for table in (EMBEDDINGS, SIMILAR_ITEMS):
+        writer = last_writer(spark, config, table)
+        if writer and writer[1] > published_seq:
+            return writer[0]
+    return None
+
+
+def _differs(columns: Sequence[str]) -> Column:
+    return functools.reduce(lambda a, b: a | b, [~F.col(f"t.`{c}`").eqNullSafe(F.col(f"s.`{c}`")) for c in columns])
+
+
+def apply_changes(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    table: TableSchema,
+    changes: DataFrame,
+    *,
+    run_id: str,
+    run_seq: int,
+) -> dict[str, int]:
+    """MERGE staged changes into a published table: ``_delete`` rows removed, others upserted.
+
+    Rows equal to the current ones are left alone, so the change feed holds real changes only.
+    Idempotent per ``run_seq``; nothing is committed when there is nothing to change.
+
+    Returns
+    -------
+    dict
+        ``inserted``, ``updated``, ``deleted`` rows (zeros when skipped).
+    """
+    key = PUBLISHED_KEYS[table.name]
+    if changes.isEmpty():
+        return {"inserted": 0, "updated": 0, "deleted": 0}
+    values = {c: f"s.`{c}`" for c in table.column_names}
+    compared = [c for c in table.column_names if c not in ("run_id", "catalog_version")]
+    on = " AND ".join(f"t.`{c}` = s.`{c}`" for c in key)
+    target = DeltaTable.forPath(spark, table_path(config, table))
+    with _run_commit(spark, run_id, run_seq, f"lookalike.publish.{table.name}"):
+        metrics = (
+            target.alias("t")
+            .merge(changes.alias("s"), on)
+            .whenMatchedDelete(f"s.`{DELETE_FLAG}`")
+            .whenMatchedUpdate(condition=_differs(compared), set=values)
+            .whenNotMatchedInsert(condition=f"NOT s.`{DELETE_FLAG}`", values=values)
+            .execute()
+            .first()
+        )
+    return _merge_counts(metrics)
+
+
+def _merge_counts(metrics: Any) -> dict[str, int]:
+    if metrics is None:  # skipped: this run had committed it before
+        return {"inserted": 0, "updated": 0, "deleted": 0}
+    return {
+        "inserted": int(metrics["num_inserted_rows"]),
+        "updated": int(metrics["num_updated_rows"]),
+        "deleted": int(metrics["num_deleted_rows"]),
+    }
+
+
+@contextmanager
+def _run_commit(spark: SparkSession, run_id: str, run_seq: int, app_id: str) -> Iterator[None]:
+    """Idempotent writes plus a commit marker naming the run, for every write in the block."""
+    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", _commit_marker(run_id, run_seq))
+    try:
+        with idempotent_writes(spark, app_id, run_seq):
+            yield
+    finally:
+        spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+
+
+def sync_to_version(
+    spark: SparkSession, config: Mapping[str, Any], table: TableSchema, version: int, *, run_id: str, run_seq: int
+) -> dict[str, int]:
+    """Make ``table``'s rows equal to its rows at ``version`` with one MERGE (time travel as the source).
+
+    Unlike RESTORE, only rows that differ are written, so the change feed shows exactly what changed back.
+    """
+    key = PUBLISHED_KEYS[table.name]
+    source = read_table(spark, config, table, version=version)
+    on = " AND ".join(f"t.`{c}` = s.`{c}`" for c in key)
+    with _run_commit(spark, run_id, run_seq, f"lookalike.rollback.{table.name}"):
+        metrics = (
+            DeltaTable.forPath(spark, table_path(config, table)).alias("t")
+            .merge(source.alias("s"), on)
+            .whenMatchedUpdateAll(condition=_differs(table.column_names))
+            .whenNotMatchedInsertAll()
+            .whenNotMatchedBySourceDelete()
+            .execute()
+            .first()
+        )
+    return _merge_counts(metrics)
+
+
+def commit_publication(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    run_id: str,
+    run_seq: int,
+    kind: str,
+    model_version: str | None,
+    input_fingerprint: str | None,
+    figures: Mapping[str, float],
+) -> Publication:
+    """Append the pointer row naming the current version of every published table: the publish itself."""
+    versions = {f"{t.name}_version": table_version(spark, config, t) for t in PUBLISHED_TABLES}
+    publication = Publication(
+        run_seq=run_seq, run_id=run_id, kind=kind, model_version=model_version,
+        input_fingerprint=input_fingerprint, **versions,
+    )
+    row = {**publication.__dict__, "published_at": datetime.now(timezone.utc), "figures": {k: float(v) for k, v in figures.items()}}
+    frame = spark.createDataFrame([row], PUBLICATIONS.spark_schema)
+    (
+        conform(frame, PUBLICATIONS).write.format("delta").mode("append")
+        .option("txnAppId", "lookalike.publish.pointer").option("txnVersion", int(run_seq))
+        .save(table_path(config, PUBLICATIONS))
+    )
+    log.info("published run %s (seq %d): %s", run_id, run_seq, versions)
+    return publication
+
+
+def register_published_views(spark: SparkSession, config: Mapping[str, Any], publication: Publication) -> list[str]:
+    """Point the ``published_<table>`` views of the Spark SQL database at a publication's versions.
+
+    Each view is replaced on its own; a query that must join two tables of one run should read
+    the versions in ``publications`` (see docs/REFRESH.md).
+    """
+    database = checked_identifier(config["storage"]["database"])
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    names = []
+    for table in PUBLISHED_TABLES:
+        location = table_path(config, table).replace("`", "")
+        name = f"`{database}`.`published_{checked_identifier(table.name)}`"
+        spark.sql(
+            f"CREATE OR REPLACE VIEW {name} COMMENT 'run {publication.run_id}' AS "
+            f"SELECT * FROM delta.`{location}` VERSION AS OF {publication.version_of(table)}"
+        )
+        names.append(name)
+    return names
+
+
+def changes_since(
+    spark: SparkSession, config: Mapping[str, Any], table: TableSchema, since_version: int,
+    publication: Publication | None = None,
+) -> DataFrame:
+    """Rows of a published table changed after ``since_version``, up to the published version.
+
+    For a consumer that last read ``table`` at ``since_version``: inserts, deletes and the new
+    side of updates (``_change_type``), from the Delta change data feed. Empty when nothing was
+    published since.
+    """
+    publication = publication if publication is not None else latest_publication(spark, config)
+    until = publication.version_of(table) if publication else -1
+    if until <= since_version:
+        return spark.createDataFrame([], table.spark_schema).select(
+            "*", F.lit(None).cast("string").alias("_change_type"), F.lit(None).cast("long").alias("_commit_version")
+        )
+    feed = (
+        spark.read.format("delta")
+        .option("readChangeFeed", True)
+        .option("startingVersion", since_version + 1)
+        .option("endingVersion", until)
+        .load(table_path(config, table))
+    )
+    return feed.where(F.col("_change_type") != "update_preimage").drop("_commit_timestamp")
+
+
+def ensure_published_tables(spark: SparkSession, config: Mapping[str, Any]) -> None:
+    """Create the tables a publication touches, if missing."""
+    for table in (*PUBLISHED_TABLES, PUBLICATIONS):
+        ensure_table(spark, config, table)
+
+
+__all__ = [
+    "Publication", "apply_changes", "changes_since", "commit_publication", "latest_publication", "last_writer",
+    "published_snapshot", "published_table", "publications", "register_published_views",
+    "sync_to_version", "unfinished_run",
+]

@@ -1,0 +1,380 @@
+"""The nightly refresh: ingest -> embed -> index -> publish for one run id, recomputing only what changed.
+
+A run is registered in ``refresh_runs`` with a fingerprint of its input and a sequence number.
+Everything it computes is staged under ``<root>/staging/<run_id>/`` first; publishing merges
+the staged changes into the published tables and commits the pointer row last (see
+``lookalike.publish``). Rerunning a run id resumes it: what was committed is skipped (Delta
+idempotent writes keyed by the sequence number), what was staged is reused. Rerunning a
+published run with the same input does nothing; with different input it is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lookalike.ingest import IngestCounts, ingest_catalog, list_image_files, read_catalog_file, validate_rows
+from lookalike.model_store import ModelManifest, load_manifest
+from lookalike.neighbours import stage_lists
+from lookalike.publish import (
+    DELETE_FLAG,
+    Publication,
+    apply_changes,
+    commit_publication,
+    latest_publication,
+    publications,
+    published_table,
+    register_published_views,
+    sync_to_version,
+    unfinished_run,
+)
+from lookalike.runs import StageTimer, record_run
+from lookalike.scoring import EmbedCounts, stage_embeddings
+from lookalike.tables import conform, ensure_table, read_table, register_tables, storage_root, table_path, table_version
+from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, REFRESH_RUNS, SIMILAR_ITEMS
+
+log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class RunConflict(RuntimeError):
+    """A run id that cannot run now: its input changed, it is older than the published run, or another run is half-published."""
+
+
+@dataclass
+class RefreshResult:
+    """What a refresh did. ``status`` is ``published`` or ``already published`` (a rerun that did nothing)."""
+
+    run_id: str
+    run_seq: int
+    status: str
+    publication: Publication | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    ingest: IngestCounts | None = None
+    embed: EmbedCounts | None = None
+
+
+def checked_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it can name a folder and a commit (letters, digits, ``_.-``), else raise ValueError."""
+    if not _RUN_ID.match(run_id):
+        raise ValueError(f"run id {run_id!r}: use letters, digits, '_', '.', '-' (at most 128), starting with a letter or digit")
+    return run_id
+
+
+def staging_path(config: Mapping[str, Any], run_id: str) -> str:
+    """Folder holding a run's staged changes until it is published."""
+    return f"{storage_root(config)}/staging/{checked_run_id(run_id)}"
+
+
+def input_fingerprint(
+    spark: SparkSession, config: Mapping[str, Any], catalog_path: str, *, model: str, file_format: str | None = None
+) -> tuple[str, str]:
+    """Hash of everything a run's output depends on: catalog file bytes, photo listing, model and settings.
+
+    Photos enter by path, length and modification time (no file is read).
+
+    Returns
+    -------
+    (str, str)
+        The SHA-256 hex digest, and a JSON description of what was hashed.
+    """
+    files = spark.read.format("binaryFile").load(catalog_path).select("path", F.sha2("content", 256).alias("sha"))
+    rows = validate_rows(read_catalog_file(spark, catalog_path, file_format=file_format),
+                         image_root=str(config["catalog"]["image_root"]))
+    listing = list_image_files(spark, rows.where("reason IS NULL"))
+    photos = listing.agg(
+        F.count("*").alias("n"),
+        F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).cast("string").alias("h"),
+    ).first()
+    index = config["index"]
+    description = {
+        "catalog": catalog_path,
+        "catalog_files": sorted(f"{r['path']}:{r['sha']}" for r in files.collect()),
+        "photos": {"files": int(photos["n"]), "listing_hash": photos["h"]},
+        "model": model,
+        "image_root": str(config["catalog"]["image_root"]),
+        "index": {key: index[key] for key in ("k", "price_bands", "price_band_edges", "quantile_bands") if key in index},
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+
+
+def claim_run(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    run_id: str,
+    kind: str,
+    fingerprint: str,
+    description: str,
+    publication: Publication | None,
+) -> tuple[int, bool]:
+    """Register a run, or find it registered; decide whether it may run.
+
+    Returns
+    -------
+    (int, bool)
+        The run's sequence number, and whether it is already published (nothing to do).
+
+    Raises
+    ------
+    RunConflict
+        The run id was used with different input; or it is older than the published run; or a
+        different run was killed while publishing and must be rerun (or rolled back) first.
+    """
+    registered = read_table(spark, config, REFRESH_RUNS)
+    existing = registered.where(F.col("run_id") == run_id).collect()
+    if existing:
+        row = existing[0]
+        if row["input_fingerprint"] != fingerprint:
+            raise RunConflict(
+                f"run {run_id} was started before with different input (fingerprint {row['input_fingerprint'][:12]}, "
+                f"now {fingerprint[:12]}); give this input a new run id. Recorded input: {row['input_description']}"
+            )
+        seq = int(row["run_seq"])
+        if any(p.run_seq == seq for p in publications(spark, config)):
+            return seq, True
+        if publication is not None and seq < publication.run_seq:
+            raise RunConflict(
+                f"run {run_id} (seq {seq}) is older than the published run {publication.run_id} "
+                f"(seq {publication.run_seq}) and cannot be rerun; start a new run id"
+            )
+        log.info("run %s (seq %d): resuming an interrupted run", run_id, seq)
+        return seq, False
+    if kind == "refresh":
+        half = unfinished_run(spark, config, publication)
+        if half is not None:
+            raise RunConflict(
+                f"run {half} was interrupted while publishing; rerun it first with --run-id {half} "
+                f"(or restore the published run with jobs/rollback.py --to-run "
+                f"{publication.run_id if publication else '<run>'})"
+            )
+    last = registered.agg(F.max("run_seq")).first()[0]
+    seq = int(last or 0) + 1
+    row = [(run_id, seq, kind, fingerprint, description, datetime.now(timezone.utc))]
+    frame = spark.createDataFrame(row, REFRESH_RUNS.spark_schema)
+    conform(frame, REFRESH_RUNS).write.format("delta").mode("append").save(table_path(config, REFRESH_RUNS))
+    log.info("run %s: registered as seq %d", run_id, seq)
+    return seq, False
+
+
+def _staged(spark: SparkSession, path: str) -> DataFrame | None:
+    return spark.read.format("delta").load(path) if DeltaTable.isDeltaTable(spark, path) else None
+
+
+def _delete_folder(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
+
+
+def new_state(previous: DataFrame, changes: DataFrame) -> DataFrame:
+    """The embeddings after applying staged changes to the previous ones."""
+    kept = previous.join(changes.select("item_id"), "item_id", "left_anti")
+    return kept.unionByName(conform(changes.where(~F.col(DELETE_FLAG)), EMBEDDINGS))
+
+
+def refresh(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    catalog_path: str,
+    run_id: str,
+    model_version: str | None = None,
+    file_format: str | None = None,
+    rehash_images: bool = False,
+    train: bool = False,
+) -> RefreshResult:
+    """Run ingest -> embed -> index -> publish for one run id, recomputing only what changed.
+
+    Parameters
+    ----------
+    catalog_path : str
+        Tonight's whole catalog (CSV, Parquet, JSON Lines): items not in it are deleted.
+    run_id : str
+        Letters, digits, ``_.-``. Reuse the same id to resume a run that was killed.
+    model_version : str, optional
+        Model bundle to embed with (default: the latest). A version different from the
+        published embeddings' re-embeds every item.
+    file_format : str, optional
+        Overrides the format told from the catalog's extension.
+    rehash_images : bool
+        Read every photo even when its length and modification time are unchanged.
+    train : bool
+        Train a new model bundle after ingest and embed with it (the demo does).
+
+    Returns
+    -------
+    RefreshResult
+
+    Raises
+    ------
+    RunConflict
+        See ``claim_run``.
+    """
+    checked_run_id(run_id)
+    started = datetime.now(timezone.utc)
+    timer = StageTimer()
+    with timer.stage("prepare"):
+        for table in ALL_TABLES:
+            ensure_table(spark, config, table)
+        model = "trained by this run" if train else load_manifest(config, model_version).version
+        fingerprint, description = input_fingerprint(spark, config, catalog_path, model=model, file_format=file_format)
+        publication = latest_publication(spark, config)
+        run_seq, done = claim_run(
+            spark, config, run_id=run_id, kind="refresh", fingerprint=fingerprint, description=description,
+            publication=publication,
+        )
+    if done:
+        log.info("run %s is already published with this input: nothing to do", run_id)
+        return RefreshResult(run_id=run_id, run_seq=run_seq, status="already published", publication=publication)
+
+    with timer.stage("ingest"):
+        ingested = ingest_catalog(
+            spark, config, catalog_path, run_id=run_id, file_format=file_format, run_seq=run_seq,
+            delete_missing=True, rehash_images=rehash_images,
+        )
+    manifest: ModelManifest
+    if train:
+        from lookalike.training import train_models  # TensorFlow is only imported when training
+
+        with timer.stage("train"):
+            manifest, _ = train_models(spark, config)
+    else:
+        manifest = load_manifest(config, model_version)
+
+    catalog_version = table_version(spark, config, CATALOG)
+    previous_embeddings = published_table(spark, config, EMBEDDINGS, publication)
+    previous_lists = published_table(spark, config, SIMILAR_ITEMS, publication)
+    staging = staging_path(config, run_id)
+    embedded = None
+    with timer.stage("embed"):
+        changes = _staged(spark, f"{staging}/embeddings")
+        if changes is None:
+            embedded = stage_embeddings(
+                spark, config, manifest=manifest, catalog=read_table(spark, config, CATALOG, version=catalog_version),
+                previous=previous_embeddings, run_id=run_id, catalog_version=catalog_version,
+                staging_path=f"{staging}/embeddings", run_seq=run_seq,
+            )
+            changes = _staged(spark, f"{staging}/embeddings")
+        else:
+            log.info("embed: reusing the changes staged by an earlier attempt of run %s", run_id)
+    with timer.stage("index"):
+        lists = _staged(spark, f"{staging}/similar_items")
+        if lists is None:
+            stage_lists(
+                spark, config, state=new_state(previous_embeddings, changes), changes=changes,
+                previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
+                staging_path=f"{staging}/similar_items",
+            )
+            lists = _staged(spark, f"{staging}/similar_items")
+        else:
+            log.info("index: reusing the lists staged by an earlier attempt of run %s", run_id)
+    with timer.stage("publish"):
+        embeddings_merge = apply_changes(spark, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq)
+        lists_merge = apply_changes(spark, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq)
+        figures: dict[str, float] = {
+            "embeddings_inserted": embeddings_merge["inserted"],
+            "embeddings_updated": embeddings_merge["updated"],
+            "embeddings_deleted": embeddings_merge["deleted"],
+            "list_rows_inserted": lists_merge["inserted"],
+            "list_rows_updated": lists_merge["updated"],
+            "list_rows_deleted": lists_merge["deleted"],
+            "lists_recomputed": lists.where(~F.col(DELETE_FLAG)).select("item_id").distinct().count(),
+            "catalog_version": catalog_version,
+        }
+        if ingested is not None:
+            figures.update(
+                input_rows=ingested.input_rows, items_ingested=ingested.ingested, photos_read=ingested.photos_read,
+                catalog_rows_changed=ingested.changed, catalog_rows_deleted=ingested.deleted,
+                items_quarantined=ingested.quarantined_total,
+            )
+        if embedded is not None:
+            figures.update(photos_scored=embedded.photos_scored, items_embedded=embedded.embedded,
+                           items_quarantined_embed=sum(embedded.quarantined.values()))
+        figures.update({f"seconds_{name}": round(s, 3) for name, s in timer.seconds.items()})
+        record_run(spark, config, run_id=run_id, job="refresh", started_at=started, figures=figures,
+                   model_version=manifest.version, run_seq=run_seq)
+        published = commit_publication(
+            spark, config, run_id=run_id, run_seq=run_seq, kind="refresh", model_version=manifest.version,
+            input_fingerprint=fingerprint, figures=figures,
+        )
+    register_tables(spark, config)
+    register_published_views(spark, config, published)
+    _delete_folder(spark, staging)
+    log.info("refresh %s published: %s", run_id, {k: v for k, v in figures.items() if not k.startswith("seconds_")})
+    return RefreshResult(
+        run_id=run_id, run_seq=run_seq, status="published", publication=published, figures=figures,
+        seconds=dict(timer.seconds), ingest=ingested, embed=embedded,
+    )
+
+
+def rollback(
+    spark: SparkSession, config: Mapping[str, Any], *, run_id: str, to_run: str | None = None
+) -> Publication:
+    """Restore the published tables to an earlier published run and publish that as a new pointer row.
+
+    Parameters
+    ----------
+    run_id : str
+        Id of this rollback (registered like a run).
+    to_run : str, optional
+        Run to restore; default the run published before the current one.
+
+    Returns
+    -------
+    Publication
+        The new pointer row (kind ``rollback``, run id of the restored run).
+
+    Raises
+    ------
+    ValueError
+        Nothing published, or no earlier run to go back to, or ``to_run`` was never published.
+    """
+    checked_run_id(run_id)
+    for table in ALL_TABLES:
+        ensure_table(spark, config, table)
+    history = publications(spark, config)
+    if not history:
+        raise ValueError("nothing has been published yet: there is no run to roll back to")
+    current = history[-1]
+    if to_run is None:
+        first_of_current = min(p.run_seq for p in history if p.run_id == current.run_id)
+        earlier = [p for p in history if p.run_seq < first_of_current and p.run_id != current.run_id]
+        if not earlier:
+            raise ValueError(f"run {current.run_id} is the first published run: there is no earlier run to roll back to")
+        target = earlier[-1]
+    else:
+        matching = [p for p in history if p.run_id == to_run]
+        if not matching:
+            raise ValueError(f"run {to_run!r} was never published; published runs: {[p.run_id for p in history]}")
+        target = matching[-1]
+    fingerprint = hashlib.sha256(f"rollback to {target.run_id} seq {target.run_seq}".encode()).hexdigest()
+    run_seq, done = claim_run(
+        spark, config, run_id=run_id, kind="rollback", fingerprint=fingerprint,
+        description=json.dumps({"rollback_to": target.run_id, "run_seq": target.run_seq}), publication=current,
+    )
+    if done:
+        return history[-1]
+    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+        counts = sync_to_version(spark, config, table, target.version_of(table), run_id=run_id, run_seq=run_seq)
+        log.info("rollback %s: %s restored to version %d of run %s: %s", run_id, table.name,
+                 target.version_of(table), target.run_id, counts)
+    published = commit_publication(
+        spark, config, run_id=target.run_id, run_seq=run_seq, kind="rollback", model_version=target.model_version,
+        input_fingerprint=target.input_fingerprint, figures={"restored_run_seq": target.run_seq},
+    )
+    register_tables(spark, config)
+    register_published_views(spark, config, published)
+    return published

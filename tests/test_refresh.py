@@ -1,0 +1,242 @@
+"""The nightly refresh on real photos, a real model and real Delta tables.
+
+One module-scoped history: night-1 (full build, trains the model), night-2 (a night of changes
+of every kind, incremental), and the same night-2 catalog built from empty in a second store
+with the same model. Later tests add a third night while a reader polls, and roll back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from lookalike.config import load_config
+from lookalike.demo_catalog import build_demo_catalog, nightly_changes, read_catalog_csv, write_catalog_csv
+from lookalike.publish import changes_since, latest_publication, published_snapshot, published_table
+from lookalike.refresh import RefreshResult, RunConflict, refresh, rollback
+from lookalike.tables import table_path
+from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, SIMILAR_ITEMS
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+LINEAGE = ["run_id", "catalog_version"]
+SPARE_PHOTOS = 16
+
+
+@dataclass
+class History:
+    """Two stores and the runs made in them."""
+
+    photos: Path
+    incremental: dict
+    full: dict
+    base_csv: Path
+    changed_csv: Path
+    changed_rows: list[dict]
+    affected: dict[str, list[str]]
+    night1: RefreshResult
+    night2: RefreshResult
+    rebuilt: RefreshResult
+
+
+def store_config(root: Path, photos: Path) -> dict:
+    """Test-profile config with its own storage root."""
+    return load_config("test", [f"storage.root={root}", f"catalog.image_root={photos}"], conf_dir=REPO / "conf")
+
+
+def without_lineage(frame: DataFrame) -> DataFrame:
+    """The table's content with the columns that name the run that wrote a row dropped."""
+    return frame.drop(*LINEAGE)
+
+
+def versions(spark, config) -> dict[str, int]:
+    """Latest version of every table."""
+    return {t.name: DeltaTable.forPath(spark, table_path(config, t)).history(1).first()["version"] for t in ALL_TABLES}
+
+
+@pytest.fixture(scope="module")
+def history(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> History:
+    work = tmp_path_factory.mktemp("refresh")
+    photos = work / "photos"
+    (photos / "images").mkdir(parents=True)
+    shutil.copy(photo_subset / "labels.csv", photos / "labels.csv")
+    ids = sorted(p.stem for p in (photo_subset / "images").glob("*.jpg") if p.stem.isdigit())
+    for item_id in ids:
+        shutil.copy(photo_subset / "images" / f"{item_id}.jpg", photos / "images" / f"{item_id}.jpg")
+    build_demo_catalog(photos, work / "all.csv", seed=5, item_ids=ids)
+    rows = read_catalog_csv(work / "all.csv")
+    base, spare = rows[:-SPARE_PHOTOS], [r["image_uri"] for r in rows[-SPARE_PHOTOS:]]
+    base_csv = write_catalog_csv(base, work / "night1.csv")
+    changed_rows, affected = nightly_changes(base, spare, fraction=0.06, seed=3)
+    changed_csv = write_catalog_csv(changed_rows, work / "night2.csv")
+
+    incremental = store_config(work / "incremental", photos)
+    night1 = refresh(spark, incremental, catalog_path=str(base_csv), run_id="night-1", train=True)
+    night2 = refresh(spark, incremental, catalog_path=str(changed_csv), run_id="night-2")
+    full = store_config(work / "full", photos)
+    shutil.copytree(work / "incremental" / "models", work / "full" / "models")
+    rebuilt = refresh(spark, full, catalog_path=str(changed_csv), run_id="rebuild")
+    return History(photos, incremental, full, base_csv, changed_csv, changed_rows, affected, night1, night2, rebuilt)
+
+
+def test_every_kind_of_change_is_present(history):
+    """The night-2 catalog holds each kind of change (else the comparisons below prove less)."""
+    assert {kind: len(ids) for kind, ids in history.affected.items()} == {
+        "price_same_band": 2, "price_new_band": 2, "new_category": 2, "new_photo": 2, "new_item": 2, "deleted": 2,
+    }
+    assert history.night2.ingest.photos_read == 4  # two new photos, two new items; the rest carried over
+    assert history.night2.embed.photos_scored == 4
+
+
+def test_incremental_refresh_equals_full_rebuild(spark, history):
+    """Night-2 applied incrementally on night-1 gives the tables a build from empty gives."""
+    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+        incremental = published_table(spark, history.incremental, table, history.night2.publication)
+        rebuilt = published_table(spark, history.full, table, history.rebuilt.publication)
+        dropped = LINEAGE + (["ingested_at"] if table is CATALOG else [])
+        assertDataFrameEqual(incremental.drop(*dropped), rebuilt.drop(*dropped), atol=1e-6)
+
+
+def test_only_affected_lists_are_recomputed(spark, history):
+    """Lists that night-2 did not touch keep night-1's rows; the change feed holds exactly the lists that changed."""
+    before = published_table(spark, history.incremental, SIMILAR_ITEMS, history.night1.publication)
+    after = published_table(spark, history.incremental, SIMILAR_ITEMS, history.night2.publication)
+    changed_rows = without_lineage(after).exceptAll(without_lineage(before)).unionByName(
+        without_lineage(before).exceptAll(without_lineage(after))
+    )
+    changed_lists = {r["item_id"] for r in changed_rows.select("item_id").distinct().collect()}
+    assert changed_lists, "night-2 changed no list"
+    total_lists = after.select("item_id").distinct().count()
+    recomputed = int(history.night2.figures["lists_recomputed"])
+    assert len(changed_lists - set(history.affected["deleted"])) <= recomputed < total_lists / 2
+
+    # Untouched lists are byte-for-byte night-1's rows, lineage included.
+    untouched = after.where(F.col("run_id") == "night-1")
+    kept = before.join(untouched.select("item_id").distinct(), "item_id", "left_semi").select(*SIMILAR_ITEMS.column_names)
+    assertDataFrameEqual(untouched, kept)
+
+    feed = changes_since(spark, history.incremental, SIMILAR_ITEMS, history.night1.publication.similar_items_version,
+                         history.night2.publication)
+    assert {r["item_id"] for r in feed.select("item_id").distinct().collect()} == changed_lists
+
+
+def test_deleted_items_vanish_everywhere(spark, history):
+    """A deleted item has no catalog row, no embedding, no list, and is in no one's list."""
+    deleted = history.affected["deleted"]
+    _, tables = published_snapshot(spark, history.incremental)
+    assert tables["catalog"].where(F.col("item_id").isin(deleted)).count() == 0
+    assert tables["embeddings"].where(F.col("item_id").isin(deleted)).count() == 0
+    lists = tables["similar_items"]
+    assert lists.where(F.col("item_id").isin(deleted) | F.col("neighbour_id").isin(deleted)).count() == 0
+    before = published_table(spark, history.incremental, SIMILAR_ITEMS, history.night1.publication)
+    assert before.where(F.col("neighbour_id").isin(deleted)).count() > 0
+
+
+def test_consumer_replaying_the_change_feed_gets_the_published_lists(spark, history):
+    """A retailer holding night-1's lists applies the feed since that version and holds night-2's lists."""
+    held = published_table(spark, history.incremental, SIMILAR_ITEMS, history.night1.publication)
+    feed = changes_since(spark, history.incremental, SIMILAR_ITEMS, history.night1.publication.similar_items_version,
+                         history.night2.publication)
+    keys = ["item_id", "rank"]
+    last = feed.where(F.col("_change_type") != "delete").drop("_change_type", "_commit_version")
+    removed = feed.where(F.col("_change_type") == "delete").select(*keys)
+    replayed = held.join(feed.select(*keys), keys, "left_anti").unionByName(last)
+    replayed = replayed.join(removed.join(last.select(*keys), keys, "left_anti"), keys, "left_anti").select(
+        *SIMILAR_ITEMS.column_names
+    )
+    assertDataFrameEqual(replayed, published_table(spark, history.incremental, SIMILAR_ITEMS, history.night2.publication))
+
+
+def test_every_list_carries_its_lineage(spark, history):
+    """run_id, model_version and catalog_version name the run, model and catalog version each list came from."""
+    publication = history.night2.publication
+    lists = published_table(spark, history.incremental, SIMILAR_ITEMS, publication)
+    lineage = {(r["run_id"], r["model_version"], r["catalog_version"]) for r in lists.select("run_id", "model_version", "catalog_version").distinct().collect()}
+    night1 = history.night1.publication
+    assert lineage == {
+        ("night-1", night1.model_version, night1.catalog_version),
+        ("night-2", publication.model_version, publication.catalog_version),
+    }
+
+
+def test_rerun_of_published_run_adds_no_versions(spark, history):
+    """Running night-2 again with the same input changes nothing, in any table."""
+    before = versions(spark, history.incremental)
+    again = refresh(spark, history.incremental, catalog_path=str(history.changed_csv), run_id="night-2")
+    assert again.status == "already published"
+    assert versions(spark, history.incremental) == before
+
+
+def test_rerun_with_different_input_is_refused(spark, history):
+    """Reusing a run id for another catalog raises RunConflict naming the cause, and writes nothing."""
+    before = versions(spark, history.incremental)
+    with pytest.raises(RunConflict, match="different input"):
+        refresh(spark, history.incremental, catalog_path=str(history.base_csv), run_id="night-2")
+    assert versions(spark, history.incremental) == before
+
+
+def snapshot_signature(spark, config) -> tuple[str | None, int, int]:
+    """(run id, embeddings rows, hash of the lists) of what a reader sees now, resolved once."""
+    publication, tables = published_snapshot(spark, config)
+    lists = tables["similar_items"].agg(
+        F.sum(F.xxhash64("item_id", "rank", "neighbour_id").cast("decimal(38,0)")).cast("string").alias("h")
+    ).first()["h"]
+    return (publication.run_id if publication else None, tables["embeddings"].count(), lists)
+
+
+@pytest.fixture(scope="module")
+def third_night(spark, history):
+    """Night-3 (more changes) while a reader thread polls the published snapshot."""
+    rows = [dict(r, price=f"{float(r['price']) * 2:.2f}") if i % 10 == 0 else r for i, r in enumerate(history.changed_rows)]
+    csv_path = write_catalog_csv(rows, history.changed_csv.with_name("night3.csv"))
+    before = snapshot_signature(spark, history.incremental)
+    seen: list[tuple] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.append(snapshot_signature(spark, history.incremental))
+
+    reader = threading.Thread(target=poll, daemon=True)
+    reader.start()
+    try:
+        night3 = refresh(spark, history.incremental, catalog_path=str(csv_path), run_id="night-3")
+    finally:
+        done.set()
+        reader.join(timeout=120)
+    after = snapshot_signature(spark, history.incremental)
+    return night3, before, after, seen
+
+
+def test_reader_polling_during_a_run_sees_only_whole_runs(third_night):
+    """Every snapshot a reader took while night-3 ran is all of night-2 or all of night-3."""
+    night3, before, after, seen = third_night
+    assert night3.status == "published"
+    assert before[0] == "night-2" and after[0] == "night-3" and before != after
+    assert len(seen) >= 3
+    assert set(seen) <= {before, after}
+
+
+def test_rollback_restores_previous_run_exactly(spark, history, third_night):
+    """One rollback makes every published table equal night-2's, and the pointer names night-2."""
+    night3 = third_night[0]
+    restored = rollback(spark, history.incremental, run_id="rollback-1")
+    assert (restored.run_id, restored.kind) == ("night-2", "rollback")
+    assert latest_publication(spark, history.incremental) == restored
+    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+        assertDataFrameEqual(
+            published_table(spark, history.incremental, table, restored),
+            published_table(spark, history.incremental, table, history.night2.publication),
+        )
+    # The rollback is itself in the change feed: night-3's changed lists are changed back.
+    feed = changes_since(spark, history.incremental, SIMILAR_ITEMS, night3.publication.similar_items_version, restored)
+    assert feed.count() > 0
