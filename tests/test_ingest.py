@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from datetime import datetime, timezone
@@ -283,3 +284,39 @@ def test_image_root_given_as_file_uri(spark, make_config, photo_root, tmp_path):
     counts = ingest_catalog(spark, config, str(write_csv(rows, tmp_path / "catalog.csv")), run_id="run-root")
     assert counts.quarantined == {}
     assertDataFrameEqual(catalog_of(spark, config), expected_catalog(spark, rows))
+
+
+def test_unchanged_photos_are_not_read_again_and_replaced_photos_are(spark, make_config, photo_root, tmp_path):
+    """A re-ingest reads no photo whose length and mtime are unchanged; a photo overwritten in place is re-read and re-hashed."""
+    config = make_config(f"catalog.image_root={photo_root}")
+    rows = [r for r in case_rows(photo_root) if r["expect"] is None]
+    path = write_csv(rows, tmp_path / "catalog.csv")
+    first = ingest_catalog(spark, config, str(path), run_id="run-1")
+    assert first.photos_read == len({r["photo"] for r in rows}) == 7
+
+    again = ingest_catalog(spark, config, str(path), run_id="run-2")
+    assert (again.photos_read, again.changed, again.deleted) == (0, 0, 0)
+
+    p = photo_names(photo_root)
+    a1_photo = photo_root / "images" / p[0]
+    shutil.copy(photo_root / "images" / p[1], a1_photo)  # A1's file now holds p1's bytes
+    os.utime(a1_photo, (1_900_000_000, 1_900_000_000))
+    third = ingest_catalog(spark, config, str(path), run_id="run-3")
+    assert (third.photos_read, third.changed) == (1, 1)
+    assertDataFrameEqual(catalog_of(spark, config), expected_catalog(spark, rows))
+    assert read_table(spark, config, CATALOG).where("item_id = 'A1'").first()["image_hash"] == sha256(photo_root / "images" / p[1])
+
+
+def test_snapshot_ingest_deletes_absent_items_but_keeps_quarantined_ones(spark, make_config, photo_root, tmp_path):
+    """With delete_missing, ids missing from the file are deleted; an id present with a bad row keeps its last good row."""
+    config = make_config(f"catalog.image_root={photo_root}")
+    rows = [r for r in case_rows(photo_root) if r["expect"] is None]
+    ingest_catalog(spark, config, str(write_csv(rows, tmp_path / "night1.csv")), run_id="run-1", delete_missing=True)
+
+    kept = [r for r in rows if r["item_id"] != "A3"]  # A3 is gone tonight
+    bad_a4 = [dict(r, price="-1", expect="bad_price") if r["item_id"] == "A4" else r for r in kept]
+    counts = ingest_catalog(
+        spark, config, str(write_csv(bad_a4, tmp_path / "night2.csv")), run_id="run-2", delete_missing=True
+    )
+    assert (counts.deleted, counts.changed, counts.quarantined) == (1, 0, {"bad_price": 1})
+    assertDataFrameEqual(catalog_of(spark, config), expected_catalog(spark, kept))

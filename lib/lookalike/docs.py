@@ -18,6 +18,8 @@ def tables_markdown() -> str:
         lines += [f"## `{table.name}`", "", table.comment, ""]
         if table.partition_by:
             lines += [f"Partitioned by {', '.join(f'`{c}`' for c in table.partition_by)}.", ""]
+        if table.change_data_feed:
+            lines += ["Change data feed on (`delta.enableChangeDataFeed`): consumers can read only the rows changed since a version.", ""]
         if table.constraints:
             lines += ["CHECK constraints: " + "; ".join(f"`{n}`: `{e}`" for n, e in table.constraints.items()) + ".", ""]
         lines += ["| column | type | null | meaning |", "|---|---|---|---|"]

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.tables import read_table
+from lookalike.publish import published_snapshot
 from schemas import CATALOG, EMBEDDINGS, SIMILAR_ITEMS
 
 
@@ -73,7 +73,8 @@ def random_list_precision(embeddings: DataFrame, catalog: DataFrame) -> float:
 
 def list_quality(spark: SparkSession, config: Mapping[str, Any], *, k: int = 10) -> dict[str, float]:
     """Precision@k of the published lists and the random-list baseline, from the Delta tables."""
-    catalog = read_table(spark, config, CATALOG)
-    quality = article_type_precision(read_table(spark, config, SIMILAR_ITEMS), catalog, k=k)
-    quality["random_baseline"] = random_list_precision(read_table(spark, config, EMBEDDINGS), catalog)
+    _, tables = published_snapshot(spark, config)
+    catalog = tables[CATALOG.name]
+    quality = article_type_precision(tables[SIMILAR_ITEMS.name], catalog, k=k)
+    quality["random_baseline"] = random_list_precision(tables[EMBEDDINGS.name], catalog)
     return quality

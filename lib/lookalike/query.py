@@ -10,14 +10,14 @@ from pyspark.sql import functions as F
 
 from lookalike.images import decode_image
 from lookalike.model_store import load_manifest, load_scorer_from_bytes, read_scorer_bytes
-from lookalike.tables import read_table
+from lookalike.publish import Publication, latest_publication, published_table
 from schemas import CATALOG, EMBEDDINGS, SIMILAR_ITEMS
 
 OUTPUT_COLUMNS = ["rank", "item_id", "score", "price", "category", "title", "brand"]
 
 
-def _with_titles(spark: SparkSession, config: Mapping[str, Any], ranked: DataFrame) -> DataFrame:
-    titles = read_table(spark, config, CATALOG).select("item_id", "title", "brand")
+def _with_titles(spark: SparkSession, config: Mapping[str, Any], ranked: DataFrame, publication: Publication | None) -> DataFrame:
+    titles = published_table(spark, config, CATALOG, publication).select("item_id", "title", "brand")
     return ranked.join(titles, "item_id", "left").select(*OUTPUT_COLUMNS).orderBy("rank")
 
 
@@ -49,12 +49,13 @@ def lookalikes_of_item(
     KeyError
         If the item has no embedding (unknown, or quarantined).
     """
-    embeddings = read_table(spark, config, EMBEDDINGS)
+    publication = latest_publication(spark, config)  # every table read at one published run
+    embeddings = published_table(spark, config, EMBEDDINGS, publication)
     item = embeddings.where(F.col("item_id") == item_id).select("category", "embedding").first()
     if item is None:
         raise KeyError(f"item {item_id!r} has no embedding: unknown id, or quarantined")
     if max_price is None:
-        lists = read_table(spark, config, SIMILAR_ITEMS).where((F.col("item_id") == item_id) & (F.col("rank") <= k))
+        lists = published_table(spark, config, SIMILAR_ITEMS, publication).where((F.col("item_id") == item_id) & (F.col("rank") <= k))
         ranked = lists.select(
             "rank", F.col("neighbour_id").alias("item_id"), "score", F.col("neighbour_price").alias("price"), "category"
         )
@@ -63,7 +64,7 @@ def lookalikes_of_item(
             (F.col("category") == item["category"]) & (F.col("price") <= max_price) & (F.col("item_id") != item_id)
         )
         ranked = nearest(candidates, item["embedding"], k=k)
-    return _with_titles(spark, config, ranked)
+    return _with_titles(spark, config, ranked, publication)
 
 
 def lookalikes_of_image(
@@ -90,10 +91,11 @@ def lookalikes_of_image(
     out = scorer(pixels, training=False)
     probabilities = np.asarray(out["probabilities"])[0]
     predicted = manifest.classes[int(probabilities.argmax())]
-    candidates = read_table(spark, config, EMBEDDINGS).where(
+    publication = latest_publication(spark, config)
+    candidates = published_table(spark, config, EMBEDDINGS, publication).where(
         (F.col("category") == (category or predicted)) & (F.col("model_version") == manifest.version)
     )
     if max_price is not None:
         candidates = candidates.where(F.col("price") <= max_price)
     ranked = nearest(candidates, np.asarray(out["embedding"])[0].tolist(), k=k)
-    return predicted, float(probabilities.max()), _with_titles(spark, config, ranked)
+    return predicted, float(probabilities.max()), _with_titles(spark, config, ranked, publication)
