@@ -95,7 +95,7 @@ def test_lists_equal_a_brute_force_reference_within_category_and_band(spark, pip
     for (category, band), group in emb.groupby(["category", "price_band"]):
         group = group.sort_values("item_id")
         ids = group["item_id"].to_numpy()
-        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float32)
+        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)  # the index sums in float64 too
         sims = vectors @ vectors.T
         for i, item in enumerate(ids):
             # Full sort of every other item: most similar first, ties by item id.

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from schemas import ALL_TABLES
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def test_submitted_publish_job_creates_and_registers_every_table(tmp_path: Path):
-    """publish through spark-submit.sh (local[1]) creates the six Delta tables and lists them."""
+    """publish through spark-submit.sh (local[1]) creates every Delta table and lists them."""
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK")}
     result = subprocess.run(
@@ -27,9 +29,9 @@ def test_submitted_publish_job_creates_and_registers_every_table(tmp_path: Path)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in result.stdout.splitlines() if line.startswith("`lookalike`.")]
     assert printed == [
-        f"`lookalike`.`{name}`" for name in ("catalog", "images", "quarantine", "embeddings", "similar_items", "runs")
+        f"`lookalike`.`{table.name}`" for table in ALL_TABLES
     ]
-    for name in ("catalog", "images", "quarantine", "embeddings", "similar_items", "runs"):
+    for name in (table.name for table in ALL_TABLES):
         assert (store / "tables" / name / "_delta_log" / "00000000000000000000.json").is_file()
     assert (REPO / "dist" / "lookalike.zip").is_file()
 
@@ -57,5 +59,5 @@ def test_spark_sql_sees_tables_a_job_registered_in_the_derby_metastore(tmp_path:
     )
     assert listed.returncode == 0, listed.stderr[-3000:]
     names = [line.strip() for line in listed.stdout.splitlines() if line.strip()]
-    assert names == ["catalog", "embeddings", "images", "quarantine", "runs", "similar_items"]
+    assert names == sorted(table.name for table in ALL_TABLES)
     assert (store / "metastore_db").is_dir()
