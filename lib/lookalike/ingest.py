@@ -17,7 +17,15 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
-from lookalike.tables import URI_SCHEME_PATTERN, append_quarantine, conform, ensure_table, has_scheme, idempotent_writes
+from lookalike.tables import (
+    URI_SCHEME_PATTERN,
+    append_quarantine,
+    conform,
+    ensure_table,
+    has_scheme,
+    idempotent_writes,
+    read_table,
+)
 from schemas import CATALOG, IMAGES, QUARANTINE
 from schemas.catalog import OPTIONAL_INPUT_COLUMNS, REQUIRED_INPUT_COLUMNS
 
@@ -262,7 +270,10 @@ def ingest_catalog(
     raw = read_catalog_file(spark, catalog_path, file_format=file_format)
     rows = validate_rows(raw, image_root=str(config["catalog"]["image_root"])).persist(StorageLevel.MEMORY_AND_DISK)
     listing = list_image_files(spark, rows.where("reason IS NULL"))
-    current = catalog_table.toDF()
+    # Pinned to one version: Delta re-plans cached frames that read a table it writes, and the
+    # comparison must keep seeing the catalog as it was before this ingest.
+    before = int(catalog_table.history(1).first()["version"])
+    current = read_table(spark, config, CATALOG, version=before)
     known = current.select(
         F.col("image_uri").alias("path"),
         F.col("image_size").alias("length"),
@@ -288,7 +299,7 @@ def ingest_catalog(
             )
         )
         counts = _merge_rows(
-            spark, config, catalog_table, images_table, rows, files, photos,
+            spark, config, catalog_table, images_table, current, rows, files, photos,
             run_id=run_id, run_seq=run_seq, delete_missing=delete_missing,
         )
     finally:
@@ -309,6 +320,7 @@ def _merge_rows(
     config: Mapping[str, Any],
     catalog_table: DeltaTable,
     images_table: DeltaTable,
+    current: DataFrame,
     rows: DataFrame,
     files: DataFrame,
     photos: DataFrame,
@@ -343,6 +355,8 @@ def _merge_rows(
     try:
         good = joined.where("reason IS NULL")
         bad = joined.where("reason IS NOT NULL")
+        by_reason = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
+        input_rows, ingested, photos_read = joined.count(), good.count(), photos.count()
         append_quarantine(config, bad, run_id=run_id, stage="ingest", run_seq=run_seq)
 
         new_images = (
@@ -363,7 +377,6 @@ def _merge_rows(
         catalog_rows = conform(good.withColumn("image_uri", F.col("resolved_uri")), CATALOG)
         # Only new or changed rows go into the MERGE, so an unchanged catalog rewrites no files.
         compared = [c for c in CATALOG.column_names if c not in ("ingested_at", "run_id")]
-        current = catalog_table.toDF()
         changed_rows = catalog_rows.join(
             current, functools.reduce(lambda a, b: a & b, [catalog_rows[c].eqNullSafe(current[c]) for c in compared]), "left_anti"
         ).withColumn("_delete", F.lit(False))
@@ -388,13 +401,12 @@ def _merge_rows(
                     )
         finally:
             changes.unpersist()
-        by_reason = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
         return IngestCounts(
-            input_rows=joined.count(),
-            ingested=good.count(),
+            input_rows=input_rows,
+            ingested=ingested,
             quarantined=by_reason,
             new_images=images_added,
-            photos_read=photos.count(),
+            photos_read=photos_read,
             changed=n_changed,
             deleted=n_deleted,
         )
