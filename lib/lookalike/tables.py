@@ -57,8 +57,14 @@ def qualified_name(config: Mapping[str, Any], table: TableSchema) -> str:
     return f"`{checked_identifier(config['storage']['database'])}`.`{checked_identifier(table.name)}`"
 
 
+# Tables this process has already created or checked: the checks cost a few Spark calls each.
+_ENSURED: set[tuple[str, str]] = set()
+
+
 def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSchema) -> DeltaTable:
     """Create the Delta table from its schema if it does not exist yet, with comments and constraints.
+
+    A table already ensured by this Spark application is not checked again.
 
     Returns
     -------
@@ -66,6 +72,9 @@ def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSch
         The table at its path.
     """
     path = table_path(config, table)
+    key = (spark.sparkContext.applicationId, path)
+    if key in _ENSURED and DeltaTable.isDeltaTable(spark, path):
+        return DeltaTable.forPath(spark, path)
     builder = (
         DeltaTable.createIfNotExists(spark)
         .location(path)
@@ -94,6 +103,7 @@ def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSch
     for name, expression in table.constraints.items():
         if name.lower() not in existing:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {checked_identifier(name)} CHECK ({expression})")
+    _ENSURED.add(key)
     return delta_table
 
 
@@ -154,8 +164,9 @@ def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]
     spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     names = []
     for table in ALL_TABLES:
-        # The qualified location, so the catalog entry does not depend on the working directory.
-        location = ensure_table(spark, config, table).detail().first()["location"].replace("'", "\\'")
+        ensure_table(spark, config, table)
+        # table_path is absolute, so the catalog entry does not depend on the working directory.
+        location = table_path(config, table).replace("'", "\\'")
         name = qualified_name(config, table)
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION '{location}'")
         names.append(name)
