@@ -123,6 +123,7 @@ def main() -> None:
         "stages_full": {k: round(v, 1) for k, v in baseline.seconds.items()},
         "stages_refresh": {k: round(v, 1) for k, v in nightly.seconds.items()},
         "lists_recomputed": nightly.figures.get("lists_recomputed"),
+        "lists_changed": nightly.figures.get("lists_changed"),
         "photos_scored": {"full": baseline.figures.get("photos_scored"), "refresh": nightly.figures.get("photos_scored")},
         "warm_up_seconds": {k: round(v, 1) for k, v in warm.seconds.items()},
     }

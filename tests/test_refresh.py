@@ -20,8 +20,16 @@ from pyspark.testing import assertDataFrameEqual
 
 from lookalike.config import load_config
 from lookalike.demo_catalog import build_demo_catalog, nightly_changes, read_catalog_csv, write_catalog_csv
-from lookalike.publish import changes_since, latest_publication, published_snapshot, published_table
-from lookalike.refresh import RefreshResult, RunConflict, refresh, rollback
+from lookalike.publish import (
+    DELETE_FLAG,
+    apply_changes,
+    changes_since,
+    latest_publication,
+    published_snapshot,
+    published_table,
+    unfinished_run,
+)
+from lookalike.refresh import RefreshResult, RunConflict, claim_run, refresh, rollback
 from lookalike.tables import table_path
 from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, SIMILAR_ITEMS
 
@@ -116,10 +124,12 @@ def test_only_affected_lists_are_recomputed(spark, history):
     changed_lists = {r["item_id"] for r in changed_rows.select("item_id").distinct().collect()}
     assert changed_lists, "night-2 changed no list"
     total_lists = after.select("item_id").distinct().count()
-    recomputed = int(history.night2.figures["lists_recomputed"])
-    assert len(changed_lists - set(history.affected["deleted"])) <= recomputed < total_lists / 2
+    # Lists are staged whole and only when they differ: the run's count of changed lists is exact.
+    assert int(history.night2.figures["lists_changed"]) == len(changed_lists)
+    assert len(changed_lists - set(history.affected["deleted"])) <= int(history.night2.figures["lists_recomputed"]) < total_lists / 2
 
-    # Untouched lists are byte-for-byte night-1's rows, lineage included.
+    # Every list has one lineage; untouched lists are byte-for-byte night-1's rows.
+    assert after.groupBy("item_id").agg(F.countDistinct("run_id").alias("runs")).where("runs > 1").count() == 0
     untouched = after.where(F.col("run_id") == "night-1")
     kept = before.join(untouched.select("item_id").distinct(), "item_id", "left_semi").select(*SIMILAR_ITEMS.column_names)
     assertDataFrameEqual(untouched, kept)
@@ -240,3 +250,24 @@ def test_rollback_restores_previous_run_exactly(spark, history, third_night):
     # The rollback is itself in the change feed: night-3's changed lists are changed back.
     feed = changes_since(spark, history.incremental, SIMILAR_ITEMS, night3.publication.similar_items_version, restored)
     assert feed.count() > 0
+
+
+def test_new_run_is_refused_while_another_is_half_published(spark, history):
+    """A run whose MERGE landed but whose pointer did not blocks other run ids; readers still see the published run."""
+    config = history.full
+    published = latest_publication(spark, config)
+    seq, done = claim_run(spark, config, run_id="half", kind="refresh", fingerprint="f" * 64, description="{}",
+                          publication=published)
+    assert not done and seq == published.run_seq + 1
+    row = published_table(spark, config, EMBEDDINGS, published).limit(1)
+    staged = row.withColumn("price", F.col("price") + 1).withColumn(DELETE_FLAG, F.lit(False))
+    assert apply_changes(spark, config, EMBEDDINGS, staged, run_id="half", run_seq=seq)["updated"] == 1
+
+    assert unfinished_run(spark, config, published) == "half"
+    with pytest.raises(RunConflict, match="half was interrupted while publishing"):
+        refresh(spark, config, catalog_path=str(history.changed_csv), run_id="next-night")
+    assert latest_publication(spark, config) == published
+    assertDataFrameEqual(
+        published_table(spark, config, EMBEDDINGS),
+        published_table(spark, config, EMBEDDINGS, history.rebuilt.publication),
+    )

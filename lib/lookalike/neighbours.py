@@ -8,8 +8,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-
 from pyspark.sql import functions as F
+from pyspark.storagelevel import StorageLevel
 
 from lookalike.scoring import DELETE_FLAG, PREVIOUS_BAND, PREVIOUS_CATEGORY, VECTOR_CHANGED
 from lookalike.tables import conform
@@ -178,8 +178,9 @@ def stage_lists(
 
     Recomputed: the lists of changed items; every list that holds a changed, moved or deleted
     item; and every list that an item new to its partition (or with a new photo or model) now
-    enters. Only the partitions an item entered or left are read. Rows of old lists that the
-    new lists do not overwrite are staged with ``_delete`` true.
+    enters. Only the partitions an item entered or left are read. Of the recomputed lists, those
+    that differ from their previous version are staged whole; rows of old lists that the new
+    lists do not overwrite are staged with ``_delete`` true.
 
     Parameters
     ----------
@@ -226,15 +227,32 @@ def stage_lists(
     )
     lists = similar_items(
         candidates, k=k, block_rows=int(config["index"]["block_rows"]), run_id=run_id, catalog_version=catalog_version
-    ).withColumn(DELETE_FLAG, F.lit(False))
-    # Old rows of recomputed or deleted items that no new row replaces.
-    replaced = must.select("item_id").unionByName(changes.where(F.col(DELETE_FLAG)).select("item_id"))
-    stale = (
-        previous.join(replaced, "item_id", "left_semi")
-        .join(lists.select("item_id", "rank"), ["item_id", "rank"], "left_anti")
-        .withColumn(DELETE_FLAG, F.lit(True))
-    )
-    lists.unionByName(stale).write.format("delta").mode("overwrite").save(staging_path)
-    recomputed = spark.read.format("delta").load(staging_path).where(~F.col(DELETE_FLAG)).select("item_id").distinct().count()
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        # A list is staged whole, and only if it differs from its previous version, so every row of a
+        # list carries the lineage of the run that last changed it.
+        content = [c for c in SIMILAR_ITEMS.column_names if c not in ("item_id", "run_id", "catalog_version")]
+        new_content = _list_content(lists, content)
+        old_content = _list_content(previous.join(lists.select("item_id").distinct(), "item_id", "left_semi"), content)
+        changed = new_content.alias("n").join(old_content.alias("o"), "item_id", "left").where(
+            ~F.col("n.list").eqNullSafe(F.col("o.list"))
+        ).select("item_id")
+        # Old rows of recomputed or deleted items that no new row replaces.
+        replaced = must.select("item_id").unionByName(changes.where(F.col(DELETE_FLAG)).select("item_id"))
+        stale = (
+            previous.join(replaced, "item_id", "left_semi")
+            .join(lists.select("item_id", "rank"), ["item_id", "rank"], "left_anti")
+            .withColumn(DELETE_FLAG, F.lit(True))
+        )
+        staged = lists.join(changed, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(False)).unionByName(stale)
+        staged.write.format("delta").mode("overwrite").save(staging_path)
+        recomputed = lists.select("item_id").distinct().count()
+    finally:
+        lists.unpersist()
     log.info("index: %d lists recomputed (k=%d)", recomputed, k)
     return recomputed
+
+
+def _list_content(lists: DataFrame, columns: list[str]) -> DataFrame:
+    """One row per item: its list rows (without lineage) as a sorted array, comparable with ``=``."""
+    return lists.groupBy("item_id").agg(F.sort_array(F.collect_list(F.struct(*columns))).alias("list"))

@@ -64,6 +64,7 @@ def run_pipeline(
         "items_indexed": published_table(spark, config, SIMILAR_ITEMS).select("item_id").distinct().count(),
         "neighbour_rows": published_table(spark, config, SIMILAR_ITEMS).count(),
         "lists_recomputed": int(figures.get("lists_recomputed", 0)),
+        "lists_changed": int(figures.get("lists_changed", 0)),
         "classifier_holdout_accuracy": metrics["classifier"]["accuracy"],
         "article_type_precision_at_10": quality["precision"],
         "article_type_precision_at_10_strict": quality["strict_precision"],

@@ -137,8 +137,9 @@ def apply_changes(
 ) -> dict[str, int]:
     """MERGE staged changes into a published table: ``_delete`` rows removed, others upserted.
 
-    Rows equal to the current ones are left alone, so the change feed holds real changes only.
-    Idempotent per ``run_seq``; nothing is committed when there is nothing to change.
+    Staging holds changed rows only (whole lists, for ``similar_items``), so the change feed
+    holds real changes only. Idempotent per ``run_seq``; nothing is committed when there is
+    nothing to change.
 
     Returns
     -------
@@ -149,7 +150,6 @@ def apply_changes(
     if changes.isEmpty():
         return {"inserted": 0, "updated": 0, "deleted": 0}
     values = {c: f"s.`{c}`" for c in table.column_names}
-    compared = [c for c in table.column_names if c not in ("run_id", "catalog_version")]
     on = " AND ".join(f"t.`{c}` = s.`{c}`" for c in key)
     target = DeltaTable.forPath(spark, table_path(config, table))
     with _run_commit(spark, run_id, run_seq, f"lookalike.publish.{table.name}"):
@@ -157,7 +157,7 @@ def apply_changes(
             target.alias("t")
             .merge(changes.alias("s"), on)
             .whenMatchedDelete(f"s.`{DELETE_FLAG}`")
-            .whenMatchedUpdate(condition=_differs(compared), set=values)
+            .whenMatchedUpdate(set=values)
             .whenNotMatchedInsert(condition=f"NOT s.`{DELETE_FLAG}`", values=values)
             .execute()
             .first()

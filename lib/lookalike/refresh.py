@@ -237,6 +237,8 @@ def refresh(
             publication=publication,
         )
     if done:
+        # A run killed between committing its pointer row and deleting its staging folder left the folder behind.
+        _delete_folder(spark, staging_path(config, run_id))
         log.info("run %s is already published with this input: nothing to do", run_id)
         return RefreshResult(run_id=run_id, run_seq=run_seq, status="already published", publication=publication)
 
@@ -272,8 +274,9 @@ def refresh(
             log.info("embed: reusing the changes staged by an earlier attempt of run %s", run_id)
     with timer.stage("index"):
         lists = _staged(spark, f"{staging}/similar_items")
+        recomputed = None
         if lists is None:
-            stage_lists(
+            recomputed = stage_lists(
                 spark, config, state=new_state(previous_embeddings, changes), changes=changes,
                 previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
                 staging_path=f"{staging}/similar_items",
@@ -291,9 +294,11 @@ def refresh(
             "list_rows_inserted": lists_merge["inserted"],
             "list_rows_updated": lists_merge["updated"],
             "list_rows_deleted": lists_merge["deleted"],
-            "lists_recomputed": lists.where(~F.col(DELETE_FLAG)).select("item_id").distinct().count(),
+            "lists_changed": lists.select("item_id").distinct().count(),  # rewritten, shortened or removed
             "catalog_version": catalog_version,
         }
+        if recomputed is not None:
+            figures["lists_recomputed"] = recomputed
         if ingested is not None:
             figures.update(
                 input_rows=ingested.input_rows, items_ingested=ingested.ingested, photos_read=ingested.photos_read,
