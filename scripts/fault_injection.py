@@ -25,6 +25,7 @@ iteration fails.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -344,6 +345,14 @@ def run_base(layout: WorkLayout, args: argparse.Namespace) -> None:
             raise SystemExit(f"base {job} failed (exit {code}); see {log}")
 
 
+def code_fingerprint() -> str:
+    """SHA-256 of the library, schemas and jobs that spark-submit.sh ships: tells whether they changed mid-run."""
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("lib/lookalike/*.py"), *REPO.glob("schemas/*.py"), *REPO.glob("jobs/*.py")]):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def progress(message: str) -> None:
     """One progress line on stderr, so stdout keeps only the table."""
     print(f"[fault-injection {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -405,7 +414,7 @@ def verify(layout: WorkLayout, iterations: list[Iteration], args: argparse.Names
         tables["catalog"] = tables["catalog"].drop("ingested_at")  # the time of the write, differs by design
         return publication, tables
 
-    def store_checks(spark: SparkSession, store: Path) -> dict[str, Any]:
+    def store_checks(spark: SparkSession, store: Path) -> tuple[dict[str, Any], dict[str, DataFrame]]:
         config = config_of(store)
         _, tables = published(spark, store)
         duplicates = {
@@ -419,24 +428,23 @@ def verify(layout: WorkLayout, iterations: list[Iteration], args: argparse.Names
         pointer = spark.read.format("delta").load(f"{store}/tables/publications").orderBy("run_seq")
         rows = pointer.select("run_id", "catalog_version", "embeddings_version", "similar_items_version").collect()
         staging = store / "staging"
-        return {
+        checks = {
             "duplicates": duplicates,
             "publications": [r["run_id"] for r in rows],
             "versions": [tuple(r) for r in rows],
             "staging_leftover": sorted(p.name for p in staging.iterdir()) if staging.is_dir() else [],
         }
+        return checks, tables
 
     spark = build_spark("lookalike-fault-injection-verify", config_of(layout.clean), master="local[2]")
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        clean = store_checks(spark, layout.clean)
-        _, expected = published(spark, layout.clean)
+        clean, expected = store_checks(spark, layout.clean)
         for name in expected:
             expected[name] = expected[name].cache()
         for item in iterations:
             try:
-                checks = store_checks(spark, layout.iteration(item.iteration))
-                _, actual = published(spark, layout.iteration(item.iteration))
+                checks, actual = store_checks(spark, layout.iteration(item.iteration))
                 # Exact equality both ways, duplicates counted: exceptAll keeps multiplicity.
                 item.differences = {
                     name: actual[name].exceptAll(expected[name]).count() + expected[name].exceptAll(actual[name]).count()
@@ -493,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="fault-injection-")) if temporary else args.work.resolve()
     began = time.monotonic()
+    # spark-submit.sh zips lib/ at every start: an edit during the run would compare different code.
+    code_at_start = code_fingerprint()
     layout, affected = build_work(work, source, args.items, args.seed)
     progress(f"work folder {work}: {args.items} photos, night-2 changes {({k: len(v) for k, v in affected.items()})}")
 
@@ -515,12 +525,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(line)
     if not clean_ok:
         print(f"the clean store itself fails the checks: {clean_checks}", file=sys.stderr)
+    code_changed = code_fingerprint() != code_at_start
+    if code_changed:
+        print("warning: lib/, schemas/ or jobs/ changed during the run; iterations may have run different code",
+              file=sys.stderr)
     passed = clean_ok and all(item.ok for item in iterations)
     report = {
         "settings": {"kills": args.kills, "items": args.items, "seed": args.seed, "master": args.master,
                      "overrides": args.overrides, "second_kill_probability": args.second_kill_probability},
         "work": str(work),
         "night2_changes": {k: len(v) for k, v in affected.items()},
+        "code_sha256": code_at_start,
+        "code_changed_during_run": code_changed,
         "clean_seconds": round(clean_s, 1),
         "clean_checks": clean_checks,
         "iterations": [{**asdict(item), "duplicate_rows": item.duplicate_rows, "ok": item.ok} for item in iterations],
