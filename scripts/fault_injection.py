@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = Path("..") / "shared" / "data" / "fashion-products"  # relative to the repository root
 NIGHT1, NIGHT2 = "night-1", "night-2"
 CHANGE_FRACTION = 0.05
+MAX_TRIES = 3  # fresh starts allowed for a first kill whose run ended before it
 
 # Lines that lookalike.runs.StageTimer and lookalike.publish log in the driver's stderr.
 _STAGE_STARTED = re.compile(r"lookalike\.runs: stage (\w+): started")
@@ -86,6 +87,7 @@ class Attempt:
     killed: bool
     stage: str
     log: str
+    tries: int = 1
 
 
 @dataclass
@@ -360,18 +362,36 @@ def progress(message: str) -> None:
 
 def run_iteration(number: int, layout: WorkLayout, args: argparse.Namespace, clean_s: float,
                   rng: random.Random) -> Iteration:
-    """Copy the base store, kill night-2 once (sometimes twice), rerun it to the end."""
+    """Copy the base store, kill night-2 once (sometimes twice), rerun it to the end.
+
+    The kill moment is a seeded fraction of the clean run's time T. The machine's load changes,
+    so a run can end before its kill: the first kill is then retried on a fresh copy of the base
+    store, at the same fraction of the time that run took (at most ``MAX_TRIES`` starts).
+    """
     store = layout.iteration(number)
-    shutil.copytree(layout.base, store)
     command = refresh_command(store, layout, args)
     result = Iteration(iteration=number)
     # Draw every random number up front, so an iteration's kill times do not depend on earlier outcomes.
-    kill_times = [rng.uniform(1.0, clean_s), rng.uniform(1.0, clean_s)]
+    fractions = [rng.random(), rng.random()]
     second = rng.random() < args.second_kill_probability
-    for attempt, kill_at in enumerate(kill_times[: 2 if second else 1], start=1):
-        killed = attempt_with_kill(command, layout.logs / f"iter-{number:02d}-kill{attempt}.log", kill_at)
-        result.kills.append(killed)
-        progress(f"iteration {number}: attempt {attempt} at {killed.kill_at_s:.1f} s -> {killed.stage}")
+    limit = clean_s
+    for tries in range(1, MAX_TRIES + 1):
+        if store.exists():
+            shutil.rmtree(store)
+        shutil.copytree(layout.base, store)
+        first = attempt_with_kill(command, layout.logs / f"iter-{number:02d}-kill1.log", 1.0 + fractions[0] * (limit - 1.0))
+        first.tries = tries
+        if first.killed:
+            break
+        progress(f"iteration {number}: the refresh ended after {first.kill_at_s:.1f} s, before its kill; retrying")
+        limit = max(first.kill_at_s, 2.0)
+    result.kills.append(first)
+    progress(f"iteration {number}: attempt 1 at {first.kill_at_s:.1f} s -> {first.stage}")
+    if second:
+        # Killing the first rerun too: a resume that is itself interrupted must resume again.
+        again = attempt_with_kill(command, layout.logs / f"iter-{number:02d}-kill2.log", 1.0 + fractions[1] * (clean_s - 1.0))
+        result.kills.append(again)
+        progress(f"iteration {number}: attempt 2 at {again.kill_at_s:.1f} s -> {again.stage}")
     log = layout.logs / f"iter-{number:02d}-rerun.log"
     result.rerun_exit, seconds = run_to_end(command, log, args.job_timeout)
     result.rerun_s = round(seconds, 1)
@@ -471,9 +491,10 @@ def table(iterations: list[Iteration]) -> str:
     lines = [header, "-" * len(header)]
     for item in iterations:
         first = item.kills[0]
+        stage = first.stage + (f" (start {first.tries})" if first.tries > 1 else "")
         second = f"{item.kills[1].kill_at_s:.1f} s {item.kills[1].stage}" if len(item.kills) > 1 else "-"
         lines.append(
-            f"{item.iteration:>4}  {first.kill_at_s:>6.1f}  {first.stage:<28}  {second:<26}  "
+            f"{item.iteration:>4}  {first.kill_at_s:>6.1f}  {stage:<28}  {second:<26}  "
             f"{item.rerun_exit if item.rerun_exit is not None else '-':>5}  {item.rerun_status or '-':<18}  "
             f"{'yes' if item.equal else 'no':<5}  {item.duplicate_rows:>4}  {'yes' if item.ok else 'NO':<3}"
         )
