@@ -166,7 +166,9 @@ def list_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
     """List the photo files the catalog points at, without reading them (binaryFile, any Hadoop path).
 
     Only the folders that hold referenced files are listed. A folder that does not exist yields
-    no files, so its rows are quarantined as missing_image rather than failing the job.
+    no files, so its rows are quarantined as missing_image rather than failing the job. The
+    listing is persisted in a few partitions: a folder scan is one task per ~32 files, and a run
+    uses the listing several times (the caller unpersists it).
 
     Returns
     -------
@@ -183,7 +185,14 @@ def list_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
             log.warning("image folder %s cannot be listed, its photos count as missing: %s", folder, error)
     if not frames:
         return spark.createDataFrame([], "path string, length long, modificationTime timestamp")
-    return functools.reduce(DataFrame.unionByName, frames).select("path", "length", "modificationTime")
+    listing = (
+        functools.reduce(DataFrame.unionByName, frames)
+        .select("path", "length", "modificationTime")
+        .coalesce(max(1, spark.sparkContext.defaultParallelism))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    listing.count()
+    return listing
 
 
 def _binary_files(spark: SparkSession, *paths: str) -> DataFrame:
@@ -232,6 +241,7 @@ def ingest_catalog(
     run_seq: int | None = None,
     delete_missing: bool = False,
     rehash_images: bool = False,
+    listing: DataFrame | None = None,
 ) -> IngestCounts:
     """Upsert a catalog file and its photos into the Delta tables.
 
@@ -258,6 +268,8 @@ def ingest_catalog(
         in the file whose row is quarantined keep their last good row.
     rehash_images : bool
         Read and hash every photo even when its length and modification time are unchanged.
+    listing : DataFrame, optional
+        ``list_image_files`` of this catalog's rows, when the caller has it already (it stays persisted).
 
     Returns
     -------
@@ -269,7 +281,9 @@ def ingest_catalog(
 
     raw = read_catalog_file(spark, catalog_path, file_format=file_format)
     rows = validate_rows(raw, image_root=str(config["catalog"]["image_root"])).persist(StorageLevel.MEMORY_AND_DISK)
-    listing = list_image_files(spark, rows.where("reason IS NULL"))
+    own_listing = listing is None
+    if own_listing:
+        listing = list_image_files(spark, rows.where("reason IS NULL"))
     # Pinned to one version: Delta re-plans cached frames that read a table it writes, and the
     # comparison must keep seeing the catalog as it was before this ingest.
     before = int(catalog_table.history(1).first()["version"])
@@ -303,8 +317,9 @@ def ingest_catalog(
             run_id=run_id, run_seq=run_seq, delete_missing=delete_missing,
         )
     finally:
-        for frame in (rows, listed):
-            frame.unpersist()
+        for frame in (rows, listed, listing if own_listing else None):
+            if frame is not None:
+                frame.unpersist()
         if "photos" in locals():
             photos.unpersist()
     log.info(

@@ -78,11 +78,16 @@ def staging_path(config: Mapping[str, Any], run_id: str) -> str:
 
 
 def input_fingerprint(
-    spark: SparkSession, config: Mapping[str, Any], catalog_path: str, *, model: str, file_format: str | None = None
+    spark: SparkSession, config: Mapping[str, Any], catalog_path: str, *, listing: DataFrame, model: str
 ) -> tuple[str, str]:
     """Hash of everything a run's output depends on: catalog file bytes, photo listing, model and settings.
 
     Photos enter by path, length and modification time (no file is read).
+
+    Parameters
+    ----------
+    listing : DataFrame
+        ``lookalike.ingest.list_image_files`` of the catalog's usable rows.
 
     Returns
     -------
@@ -90,9 +95,6 @@ def input_fingerprint(
         The SHA-256 hex digest, and a JSON description of what was hashed.
     """
     files = spark.read.format("binaryFile").load(catalog_path).select("path", F.sha2("content", 256).alias("sha"))
-    rows = validate_rows(read_catalog_file(spark, catalog_path, file_format=file_format),
-                         image_root=str(config["catalog"]["image_root"]))
-    listing = list_image_files(spark, rows.where("reason IS NULL"))
     photos = listing.agg(
         F.count("*").alias("n"),
         F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).cast("string").alias("h"),
@@ -226,27 +228,35 @@ def refresh(
     checked_run_id(run_id)
     started = datetime.now(timezone.utc)
     timer = StageTimer()
-    with timer.stage("prepare"):
-        for table in ALL_TABLES:
-            ensure_table(spark, config, table)
-        model = "trained by this run" if train else load_manifest(config, model_version).version
-        fingerprint, description = input_fingerprint(spark, config, catalog_path, model=model, file_format=file_format)
-        publication = latest_publication(spark, config)
-        run_seq, done = claim_run(
-            spark, config, run_id=run_id, kind="refresh", fingerprint=fingerprint, description=description,
-            publication=publication,
-        )
-    if done:
-        # A run killed between committing its pointer row and deleting its staging folder left the folder behind.
-        _delete_folder(spark, staging_path(config, run_id))
-        log.info("run %s is already published with this input: nothing to do", run_id)
-        return RefreshResult(run_id=run_id, run_seq=run_seq, status="already published", publication=publication)
-
-    with timer.stage("ingest"):
-        ingested = ingest_catalog(
-            spark, config, catalog_path, run_id=run_id, file_format=file_format, run_seq=run_seq,
-            delete_missing=True, rehash_images=rehash_images,
-        )
+    listing = None
+    try:
+        with timer.stage("prepare"):
+            for table in ALL_TABLES:
+                ensure_table(spark, config, table)
+            model = "trained by this run" if train else load_manifest(config, model_version).version
+            rows = validate_rows(read_catalog_file(spark, catalog_path, file_format=file_format),
+                                 image_root=str(config["catalog"]["image_root"]))
+            # Listed once: the fingerprint and ingest both need it.
+            listing = list_image_files(spark, rows.where("reason IS NULL"))
+            fingerprint, description = input_fingerprint(spark, config, catalog_path, listing=listing, model=model)
+            publication = latest_publication(spark, config)
+            run_seq, done = claim_run(
+                spark, config, run_id=run_id, kind="refresh", fingerprint=fingerprint, description=description,
+                publication=publication,
+            )
+        if done:
+            # A run killed between committing its pointer row and deleting its staging folder left the folder behind.
+            _delete_folder(spark, staging_path(config, run_id))
+            log.info("run %s is already published with this input: nothing to do", run_id)
+            return RefreshResult(run_id=run_id, run_seq=run_seq, status="already published", publication=publication)
+        with timer.stage("ingest"):
+            ingested = ingest_catalog(
+                spark, config, catalog_path, run_id=run_id, file_format=file_format, run_seq=run_seq,
+                delete_missing=True, rehash_images=rehash_images, listing=listing,
+            )
+    finally:
+        if listing is not None:
+            listing.unpersist()
     manifest: ModelManifest
     if train:
         from lookalike.training import train_models  # TensorFlow is only imported when training
