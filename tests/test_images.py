@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lookalike.images import MAX_PIXELS, ImageDecodeError, decode_batch, decode_image
 
@@ -59,10 +61,13 @@ def test_real_photo_matches_pillow_reference(photo_bytes):
         (lambda: Image.new("L", (33, 17), 200), "JPEG", (200, 200, 200)),
         (lambda: Image.new("LA", (20, 20), (120, 50)), "PNG", (120, 120, 120)),
         (lambda: Image.new("I;16", (20, 20), 0), "PNG", (0, 0, 0)),
+        (lambda: Image.new("I;16", (20, 20), 40000), "PNG", (156, 156, 156)),
+        (lambda: Image.new("I;16", (20, 20), 65535), "PNG", (255, 255, 255)),
         (lambda: Image.new("RGB", (20, 20), (255, 0, 0)), "GIF", (255, 0, 0)),
         (lambda: Image.new("RGB", (20, 20), (0, 0, 255)), "WEBP", (0, 0, 255)),
     ],
-    ids=["rgba", "rgba-transparent", "palette", "grey-png", "grey-jpeg", "grey-alpha", "16-bit", "gif", "webp"],
+    ids=["rgba", "rgba-transparent", "palette", "grey-png", "grey-jpeg", "grey-alpha", "16-bit-black", "16-bit-grey",
+         "16-bit-white", "gif", "webp"],
 )
 def test_other_modes_decode_to_rgb(make, fmt, expected):
     """Non-RGB encodings become 3-channel RGB with the solid colour kept (alpha dropped)."""
@@ -169,3 +174,30 @@ def test_decode_batch_accepts_generator_and_empty_input(photo_bytes):
     assert images.shape == (2, SIZE, SIZE, 3) and errors == [None, None]
     images, errors = decode_batch([], SIZE)
     assert images.shape == (0, SIZE, SIZE, 3) and errors == []
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid greyscale PNG of ``width`` x ``height`` black pixels, compressed to a few hundred KB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    compressed = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [8_000, 20_000], ids=["over-our-limit", "over-pillow-limit"])
+def test_decompression_bomb_is_refused_without_decoding_pixels(side, monkeypatch):
+    """A small PNG whose header claims 64M or 400M pixels is refused from its header alone."""
+    content = png_bomb(side, side)
+    assert len(content) < 1_000_000 < side * side
+    assert struct.unpack(">II", content[16:24]) == (side, side)  # the header's width and height
+
+    def no_pixels(self, *args, **kwargs):
+        raise AssertionError("the bomb's pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_pixels)
+    with pytest.raises(ImageDecodeError, match="too large|DecompressionBomb"):
+        decode_image(content, SIZE)

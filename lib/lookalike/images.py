@@ -47,10 +47,22 @@ def decode_image(content: bytes, size: int) -> np.ndarray:
                 raise ImageDecodeError(f"image too large: {image.width}x{image.height} pixels > {MAX_PIXELS}")
             # JPEG only: let libjpeg decode at a reduced scale, much cheaper than full decode + resize.
             image.draft("RGB", (size, size))
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = _to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"{type(error).__name__}: {error}") from error
+
+
+# Integer modes Pillow gives 16-bit greyscale (PNG, TIFF) in; its own convert clips them at 255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit greyscale to 0-255; other modes are returned as they are."""
+    if image.mode not in _SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def decode_batch(contents: Iterable[bytes | None], size: int) -> tuple[np.ndarray, list[str | None]]:
