@@ -320,3 +320,47 @@ def test_snapshot_ingest_deletes_absent_items_but_keeps_quarantined_ones(spark, 
     )
     assert (counts.deleted, counts.changed, counts.quarantined) == (1, 0, {"bad_price": 1})
     assertDataFrameEqual(catalog_of(spark, config), expected_catalog(spark, kept))
+
+
+def test_photos_outside_the_image_roots_are_quarantined_and_never_read(spark, make_config, photo_root, tmp_path):
+    """Paths escaping the root (.., absolute elsewhere, file:// to system files, symlinked file or folder) are refused."""
+    names = photo_names(photo_root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    shutil.copy(photo_root / "images" / names[0], secret)
+    secret.write_bytes(secret.read_bytes() + b"outside")  # a photo whose hash no good row has
+    os.symlink(secret, photo_root / "images" / "link-out.jpg")
+    os.symlink(outside, photo_root / "images" / "linked-folder")
+    os.symlink(photo_root / "images" / names[1], photo_root / "images" / "link-in.jpg")  # stays inside: fine
+    second_root = tmp_path / "second-root"
+    second_root.mkdir()
+    shutil.copy(photo_root / "images" / names[2], second_root / "other.jpg")
+    rows = [
+        good("G1", f"images/{names[0]}", "10", photo_root / "images" / names[0]),
+        good("G2", "images/link-in.jpg", "11", photo_root / "images" / "link-in.jpg"),
+        good("G3", str(second_root / "other.jpg"), "12", second_root / "other.jpg"),
+        bad("H_dotdot", "../outside/secret.jpg", "5", "outside_image_root"),
+        bad("H_dotdot_inside", f"images/../images/{names[0]}", "5", "outside_image_root"),
+        bad("H_absolute", str(secret), "5", "outside_image_root"),
+        bad("H_file_uri", "file:///etc/passwd", "5", "outside_image_root"),
+        bad("H_symlink", "images/link-out.jpg", "5", "outside_image_root"),
+        bad("H_symlinked_folder", "images/linked-folder/secret.jpg", "5", "outside_image_root"),
+        bad("H_prefix", str(photo_root) + "-sibling/x.jpg", "5", "outside_image_root"),  # shares the root's prefix
+        bad("H_bad_price", "../outside/secret.jpg", "-1", "bad_price"),  # the first failing reason wins
+    ]
+    config = make_config(f"catalog.image_root={photo_root}", f'catalog.image_roots=["{photo_root}", "{second_root}"]')
+    counts = ingest_catalog(spark, config, str(write_csv(rows, tmp_path / "catalog.csv")), run_id="run-hostile")
+
+    assert (counts.input_rows, counts.ingested, counts.quarantined) == (11, 3, {"outside_image_root": 7, "bad_price": 1})
+    expected = [  # a link inside the root keeps its own path
+        (r["item_id"], "file:" + str(r["photo"]), float(r["price"]), None, sha256(r["photo"])) for r in rows if r["expect"] is None
+    ]
+    assertDataFrameEqual(catalog_of(spark, config), spark.createDataFrame(expected, CATALOG_COLUMNS))
+    assertDataFrameEqual(quarantine_of(spark, config, "run-hostile"), expected_quarantine(spark, rows))
+    details = {r["item_id"]: r["detail"] for r in read_table(spark, config, QUARANTINE).collect()}
+    assert details["H_symlink"].startswith("a symbolic link leading out of the image roots")
+    assert details["H_file_uri"].endswith(": file:/etc/passwd")
+    stored = {r["image_hash"] for r in read_table(spark, config, IMAGES).select("image_hash").collect()}
+    assert sha256(secret) not in stored  # never read into the images table
+    assert stored == {sha256(r["photo"]) for r in rows if r["expect"] is None}

@@ -8,7 +8,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from delta.tables import DeltaTable
 
@@ -109,11 +109,27 @@ def _root_uri(image_root: str) -> str:
     return "file:" + os.path.abspath(image_root).rstrip("/")
 
 
-def validate_rows(raw: DataFrame, *, image_root: str) -> DataFrame:
+def allowed_image_roots(config: Mapping[str, Any]) -> list[str]:
+    """The folders photos may be read from, as URIs: ``catalog.image_roots``, or else ``catalog.image_root``."""
+    catalog = config["catalog"]
+    roots = list(catalog.get("image_roots") or []) or [str(catalog["image_root"])]
+    return sorted({_root_uri(str(root)) for root in roots})
+
+
+def validate_rows(raw: DataFrame, *, image_root: str, allowed_roots: Sequence[str] | None = None) -> DataFrame:
     """Parse the input columns and give each row its first failing reason (null when it is usable).
 
     Duplicate item ids: the row with the latest ``updated_at`` wins, then the smallest
     ``image_uri``, then the smallest source record; the others get ``duplicate_item_id``.
+    An image URI that resolves outside every allowed root, or has a ``..`` segment, gets
+    ``outside_image_root`` and is never read.
+
+    Parameters
+    ----------
+    image_root : str
+        Folder relative image URIs resolve against.
+    allowed_roots : sequence of str, optional
+        Folders (paths or URIs) photos may come from; default ``image_root`` only.
 
     Returns
     -------
@@ -146,7 +162,18 @@ def validate_rows(raw: DataFrame, *, image_root: str) -> DataFrame:
         .when(F.col("image_uri").isNull(), "missing_image_uri")
         .when(bad_price, "bad_price")
     )
-    detail = F.when(bad_price, F.concat(F.lit("price="), F.coalesce(F.col("price_text"), F.lit("null"))))
+    roots = [_root_uri(r) for r in (allowed_roots or [image_root])]
+    resolved = resolve_uri(F.col("image_uri"), image_root)
+    # Lexical check: Spark would read "root/../x" as "x". Symlinks are checked when listing.
+    outside = resolved.rlike(r"(^|/)\.\.(/|$)") | ~functools.reduce(
+        lambda a, b: a | b, [resolved.startswith(root + "/") for root in roots]
+    )
+    reason = reason.when(outside, "outside_image_root")
+    detail = (
+        F.when(F.col("reason") == "bad_price", F.concat(F.lit("price="), F.coalesce(F.col("price_text"), F.lit("null"))))
+        .when(F.col("reason") == "outside_image_root",
+              F.concat(F.lit(f"not under the image roots {', '.join(roots)}: "), resolved))
+    )
     checked = parsed.withColumn("reason", reason).withColumn("detail", detail)
     # Rank rows of one id among the rows not refused already, so a bad row never wins.
     order = Window.partitionBy("item_id", F.col("reason").isNull()).orderBy(
@@ -157,12 +184,12 @@ def validate_rows(raw: DataFrame, *, image_root: str) -> DataFrame:
     return (
         ranked.withColumn("detail", F.when(duplicate, F.lit("a newer row has the same item_id")).otherwise(F.col("detail")))
         .withColumn("reason", F.when(duplicate, F.lit("duplicate_item_id")).otherwise(F.col("reason")))
-        .withColumn("resolved_uri", resolve_uri(F.col("image_uri"), image_root))
+        .withColumn("resolved_uri", resolved)
         .drop("_rank", "price_text")
     )
 
 
-def list_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
+def list_image_files(spark: SparkSession, uris: DataFrame, allowed_roots: Sequence[str] | None = None) -> DataFrame:
     """List the photo files the catalog points at, without reading them (binaryFile, any Hadoop path).
 
     Only the folders that hold referenced files are listed. A folder that does not exist yields
@@ -170,10 +197,19 @@ def list_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
     listing is persisted in a few partitions: a folder scan is one task per ~32 files, and a run
     uses the listing several times (the caller unpersists it).
 
+    Parameters
+    ----------
+    uris : DataFrame
+        ``resolved_uri`` of the rows (see ``validate_rows``).
+    allowed_roots : sequence of str, optional
+        Folders photos may come from. A local file (or folder) that is a symbolic link leading
+        out of them is flagged ``outside_root``; default: nothing is flagged.
+
     Returns
     -------
     DataFrame
-        ``path``, ``length``, ``modificationTime``: Spark prunes ``content``, so no file is opened.
+        ``path``, ``length``, ``modificationTime``, ``outside_root``: Spark prunes ``content``,
+        so no file is opened.
     """
     parent = F.regexp_extract("resolved_uri", r"^(.*)/[^/]*$", 1).alias("folder")
     folders = sorted(r["folder"] for r in uris.select(parent).distinct().collect() if r["folder"])
@@ -184,15 +220,48 @@ def list_image_files(spark: SparkSession, uris: DataFrame) -> DataFrame:
         except AnalysisException as error:
             log.warning("image folder %s cannot be listed, its photos count as missing: %s", folder, error)
     if not frames:
-        return spark.createDataFrame([], "path string, length long, modificationTime timestamp")
+        return spark.createDataFrame([], "path string, length long, modificationTime timestamp, outside_root boolean")
+    escaping = escaping_symlinks(folders, allowed_roots or [])
+    if escaping:
+        log.warning("%d photo file(s) are symbolic links leading out of the image roots, e.g. %s", len(escaping), escaping[0])
+    flagged = spark.createDataFrame([(path, True) for path in escaping], "path string, outside_root boolean")
     listing = (
         functools.reduce(DataFrame.unionByName, frames)
         .select("path", "length", "modificationTime")
+        .join(F.broadcast(flagged), "path", "left")
+        .select("path", "length", "modificationTime", F.coalesce("outside_root", F.lit(False)).alias("outside_root"))
         .coalesce(max(1, spark.sparkContext.defaultParallelism))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     listing.count()
     return listing
+
+
+def escaping_symlinks(folders: Sequence[str], allowed_roots: Sequence[str]) -> list[str]:
+    """Local files in ``folders`` whose real path (symbolic links followed) is outside every allowed root.
+
+    Only ``file:`` folders are checked (other file systems have no links to follow); the files
+    are named as binaryFile reports them (``file:/...``). Reads directory entries only.
+    """
+    real_roots = [os.path.realpath(root[len("file:"):]) for root in allowed_roots if root.startswith("file:")]
+
+    def inside(path: str) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in real_roots)
+
+    escaping = []
+    for folder in folders:
+        if not folder.startswith("file:") or not real_roots:
+            continue
+        local = "/" + folder[len("file:"):].lstrip("/")
+        folder_escapes = not inside(os.path.realpath(local))
+        try:
+            entries = list(os.scandir(local))
+        except OSError:
+            continue  # listed by Spark or reported missing there
+        for entry in entries:
+            if (folder_escapes or entry.is_symlink()) and not inside(os.path.realpath(entry.path)):
+                escaping.append("file:" + entry.path)
+    return sorted(escaping)
 
 
 def _binary_files(spark: SparkSession, *paths: str) -> DataFrame:
@@ -280,10 +349,12 @@ def ingest_catalog(
     ensure_table(spark, config, QUARANTINE)
 
     raw = read_catalog_file(spark, catalog_path, file_format=file_format)
-    rows = validate_rows(raw, image_root=str(config["catalog"]["image_root"])).persist(StorageLevel.MEMORY_AND_DISK)
+    rows = validate_rows(
+        raw, image_root=str(config["catalog"]["image_root"]), allowed_roots=allowed_image_roots(config)
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     own_listing = listing is None
     if own_listing:
-        listing = list_image_files(spark, rows.where("reason IS NULL"))
+        listing = list_image_files(spark, rows.where("reason IS NULL"), allowed_image_roots(config))
     # Pinned to one version: Delta re-plans cached frames that read a table it writes, and the
     # comparison must keep seeing the catalog as it was before this ingest.
     before = int(catalog_table.history(1).first()["version"])
@@ -299,7 +370,7 @@ def ingest_catalog(
     listed = listing.join(known, ["path", "length", "modificationTime"], "left").persist(StorageLevel.MEMORY_AND_DISK)
     try:
         referenced = rows.where("reason IS NULL").select(F.col("resolved_uri").alias("path"))
-        unknown = listed.where("known_hash IS NULL").join(referenced, "path", "left_semi")
+        unknown = listed.where("known_hash IS NULL AND NOT outside_root").join(referenced, "path", "left_semi")
         photos = read_image_files(spark, unknown).withColumn("read_hash", F.sha2("content", 256))
         photos = photos.persist(StorageLevel.MEMORY_AND_DISK)
         files = (
@@ -309,7 +380,8 @@ def ingest_catalog(
                 "path",
                 F.coalesce("read_length", "length").alias("image_size"),
                 F.coalesce("read_time", "modificationTime").alias("image_modified_at"),
-                F.coalesce("known_hash", "read_hash").alias("file_hash"),
+                F.when(~F.col("outside_root"), F.coalesce("known_hash", "read_hash")).alias("file_hash"),
+                "outside_root",
             )
         )
         counts = _merge_rows(
@@ -351,6 +423,7 @@ def _merge_rows(
             "reason",
             F.coalesce(
                 F.col("reason"),
+                F.when(F.col("outside_root"), F.lit("outside_image_root")),
                 # Spark's file sources skip zero-byte files, so an empty photo is missing too.
                 F.when(F.col("file_hash").isNull(), F.lit("missing_image")),
             ),
@@ -360,6 +433,8 @@ def _merge_rows(
             F.coalesce(
                 F.col("detail"),
                 F.when(F.col("reason") == "missing_image", F.concat(F.lit("no such file, or zero bytes: "), F.col("resolved_uri"))),
+                F.when(F.col("reason") == "outside_image_root",
+                       F.concat(F.lit("a symbolic link leading out of the image roots: "), F.col("resolved_uri"))),
             ),
         )
         .withColumn("image_hash", F.when(F.col("reason").isNull(), F.col("file_hash")))

@@ -22,7 +22,14 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.ingest import IngestCounts, ingest_catalog, list_image_files, read_catalog_file, validate_rows
+from lookalike.ingest import (
+    IngestCounts,
+    allowed_image_roots,
+    ingest_catalog,
+    list_image_files,
+    read_catalog_file,
+    validate_rows,
+)
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
 from lookalike.publish import (
@@ -106,6 +113,7 @@ def input_fingerprint(
         "photos": {"files": int(photos["n"]), "listing_hash": photos["h"]},
         "model": model,
         "image_root": str(config["catalog"]["image_root"]),
+        "image_roots": allowed_image_roots(config),
         "index": {key: index[key] for key in ("k", "price_bands", "price_band_edges", "quantile_bands") if key in index},
     }
     text = json.dumps(description, sort_keys=True, default=str)
@@ -235,9 +243,10 @@ def refresh(
                 ensure_table(spark, config, table)
             model = "trained by this run" if train else load_manifest(config, model_version).version
             rows = validate_rows(read_catalog_file(spark, catalog_path, file_format=file_format),
-                                 image_root=str(config["catalog"]["image_root"]))
+                                 image_root=str(config["catalog"]["image_root"]),
+                                 allowed_roots=allowed_image_roots(config))
             # Listed once: the fingerprint and ingest both need it.
-            listing = list_image_files(spark, rows.where("reason IS NULL"))
+            listing = list_image_files(spark, rows.where("reason IS NULL"), allowed_image_roots(config))
             fingerprint, description = input_fingerprint(spark, config, catalog_path, listing=listing, model=model)
             publication = latest_publication(spark, config)
             run_seq, done = claim_run(
