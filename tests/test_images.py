@@ -201,3 +201,23 @@ def test_decompression_bomb_is_refused_without_decoding_pixels(side, monkeypatch
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_pixels)
     with pytest.raises(ImageDecodeError, match="too large|DecompressionBomb"):
         decode_image(content, SIZE)
+
+
+def test_animated_gif_decodes_its_first_frame():
+    """An animated GIF (a product spin, say) decodes to its first frame, not a blend of frames."""
+    frames = [Image.new("RGB", (30, 30), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    content = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(content)).n_frames == 3
+    array = decode_image(content, SIZE)
+    assert_rgb_array(array)
+    assert (array == (255, 0, 0)).all()
+
+
+def test_large_photo_decodes_to_model_size():
+    """A 6000x4000 JPEG (a raw studio export) decodes to the model size with its colours kept."""
+    image = Image.new("RGB", (6000, 4000), (20, 120, 220))
+    image.paste((250, 250, 250), (0, 0, 3000, 4000))
+    array = decode_image(encode(image, "JPEG", quality=90), SIZE)
+    assert_rgb_array(array)
+    assert np.abs(array[:, : SIZE // 2 - 1].astype(int) - 250).max() <= 4
+    assert np.abs(array[:, SIZE // 2 + 1 :].astype(int) - (20, 120, 220)).max() <= 4
