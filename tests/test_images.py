@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from lookalike.image_corpus import png_bomb
 from lookalike.images import MAX_PIXELS, ImageDecodeError, decode_batch, decode_image
 
 SIZE = 16
@@ -174,18 +174,6 @@ def test_decode_batch_accepts_generator_and_empty_input(photo_bytes):
     assert images.shape == (2, SIZE, SIZE, 3) and errors == [None, None]
     images, errors = decode_batch([], SIZE)
     assert images.shape == (0, SIZE, SIZE, 3) and errors == []
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid greyscale PNG of ``width`` x ``height`` black pixels, compressed to a few hundred KB."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = bytes(width + 1)  # filter byte + pixels
-    compressed = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("side", [8_000, 20_000], ids=["over-our-limit", "over-pillow-limit"])
