@@ -25,9 +25,11 @@ from pyspark.sql import functions as F
 from lookalike.tables import (
     checked_identifier,
     conform,
+    delta_path_sql,
     ensure_table,
     idempotent_writes,
     read_table,
+    sql_string,
     table_path,
     table_version,
 )
@@ -247,11 +249,10 @@ def register_published_views(spark: SparkSession, config: Mapping[str, Any], pub
     spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     names = []
     for table in PUBLISHED_TABLES:
-        location = table_path(config, table).replace("`", "")
         name = f"`{database}`.`published_{checked_identifier(table.name)}`"
         spark.sql(
-            f"CREATE OR REPLACE VIEW {name} COMMENT 'run {publication.run_id}' AS "
-            f"SELECT * FROM delta.`{location}` VERSION AS OF {publication.version_of(table)}"
+            f"CREATE OR REPLACE VIEW {name} COMMENT {sql_string('run ' + publication.run_id)} AS "
+            f"SELECT * FROM {delta_path_sql(table_path(config, table))} VERSION AS OF {int(publication.version_of(table))}"
         )
         names.append(name)
     return names

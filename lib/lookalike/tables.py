@@ -26,6 +26,19 @@ def checked_identifier(name: str) -> str:
     return name
 
 
+def delta_path_sql(path: str) -> str:
+    """``delta.`<path>``` for a SQL statement, with backticks in the path escaped (doubled).
+
+    Paths come from configuration; quoting them keeps a path with backticks or quotes a path.
+    """
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def sql_string(text: str) -> str:
+    """A Spark SQL string literal holding ``text`` exactly (backslashes and quotes escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 # A URI scheme at the start of a path (RFC 3986), as Spark SQL's rlike and Python's re both read it.
 URI_SCHEME_PATTERN = r"^[A-Za-z][A-Za-z0-9+.\-]*:"
 
@@ -40,8 +53,15 @@ def storage_root(config: Mapping[str, Any]) -> str:
 
     A path without a scheme is a local path, made absolute so that table locations do not
     depend on the working directory.
+
+    Raises
+    ------
+    ValueError
+        The path holds a backtick: Delta's table builder pastes locations into SQL unescaped.
     """
     root = str(config["storage"]["root"]).rstrip("/")
+    if "`" in root:
+        raise ValueError(f"storage.root {root!r} contains a backtick, which Delta cannot take in a table location")
     if has_scheme(root):
         return root
     return os.path.abspath(root)
@@ -94,15 +114,15 @@ def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSch
     added = [c for c in table.columns if c.name not in present]
     if added:
         columns = ", ".join(f"`{checked_identifier(c.name)}` {c.data_type.simpleString()}" for c in added)
-        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        spark.sql(f"ALTER TABLE {delta_path_sql(path)} ADD COLUMNS ({columns})")
         log.info("%s: added column(s) %s", table.name, [c.name for c in added])
-    properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {delta_path_sql(path)}").collect()}
     if table.change_data_feed and properties.get("delta.enableChangeDataFeed") != "true":
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+        spark.sql(f"ALTER TABLE {delta_path_sql(path)} SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
     existing = {key.removeprefix("delta.constraints.") for key in properties if key.startswith("delta.constraints.")}
     for name, expression in table.constraints.items():
         if name.lower() not in existing:
-            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {checked_identifier(name)} CHECK ({expression})")
+            spark.sql(f"ALTER TABLE {delta_path_sql(path)} ADD CONSTRAINT {checked_identifier(name)} CHECK ({expression})")
     _ENSURED.add(key)
     return delta_table
 
@@ -166,9 +186,8 @@ def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]
     for table in ALL_TABLES:
         ensure_table(spark, config, table)
         # table_path is absolute, so the catalog entry does not depend on the working directory.
-        location = table_path(config, table).replace("'", "\\'")
         name = qualified_name(config, table)
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION '{location}'")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION {sql_string(table_path(config, table))}")
         names.append(name)
     log.info("registered %d tables in database %s", len(names), database)
     return names

@@ -1,0 +1,51 @@
+"""Configuration values that reach SQL statements are quoted or refused, never pasted in raw."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from lookalike.publish import Publication, register_published_views
+from lookalike.tables import ensure_table, register_tables, table_path
+from schemas import ALL_TABLES, CATALOG
+
+HOSTILE_FOLDER = "store 'x'; DROP DATABASE default; -- it\\'s"
+
+
+def test_hostile_storage_root_is_a_path_not_sql(spark, make_config, tmp_path):
+    """A storage root full of backticks, quotes and SQL is used as a folder name; every statement still works."""
+    config = make_config(f"storage.root={tmp_path / HOSTILE_FOLDER}", "storage.database=quoting_test")
+    databases_before = {d.name for d in spark.catalog.listDatabases()}
+    for table in ALL_TABLES:
+        ensure_table(spark, config, table)
+    names = register_tables(spark, config)
+    publication = Publication(run_seq=1, run_id="run-1", kind="refresh", model_version=None,
+                              catalog_version=0, embeddings_version=0, similar_items_version=0)
+    views = register_published_views(spark, config, publication)
+
+    assert (tmp_path / HOSTILE_FOLDER / "tables" / "catalog" / "_delta_log").is_dir()
+    assert {d.name for d in spark.catalog.listDatabases()} == databases_before | {"quoting_test"}
+    registered = spark.sql("DESCRIBE DETAIL quoting_test.catalog").first()["location"]
+    assert registered == "file:" + table_path(config, CATALOG)
+    assert len(names) == len(ALL_TABLES) and len(views) == 3
+    empty = spark.createDataFrame([], CATALOG.spark_schema)
+    assertDataFrameEqual(spark.table("quoting_test.published_catalog"), empty)
+    assertDataFrameEqual(spark.table("quoting_test.catalog"), empty)
+
+
+@pytest.mark.parametrize("database", ["x; DROP DATABASE default", "a`b", "lookalike--"])
+def test_hostile_database_name_is_refused_before_any_sql(spark, make_config, database):
+    """A database name that is not a plain identifier raises ValueError and creates nothing."""
+    config = make_config(f"storage.database={database}")
+    databases_before = {d.name for d in spark.catalog.listDatabases()}
+    with pytest.raises(ValueError, match="not a valid database or table name"):
+        register_tables(spark, config)
+    assert {d.name for d in spark.catalog.listDatabases()} == databases_before
+
+
+def test_storage_root_with_a_backtick_is_refused(spark, make_config, tmp_path):
+    """Delta pastes table locations into SQL unescaped, so a backtick in the storage root is refused up front."""
+    config = make_config(f"storage.root={tmp_path / 'a`b'}")
+    with pytest.raises(ValueError, match="backtick"):
+        ensure_table(spark, config, CATALOG)
+    assert not (tmp_path / "a`b").exists()
