@@ -157,3 +157,49 @@ def test_model_store_refuses_remote_storage_root(make_config):
     config = make_config("storage.root=hdfs://namenode:8020/lookalike")
     with pytest.raises(ValueError, match="hdfs://namenode:8020/lookalike"):
         model_root(config)
+
+
+@pytest.mark.parametrize("version", ["../../etc", "/tmp/elsewhere", "..", "a/b"])
+def test_version_that_is_a_path_is_refused(config, version):
+    """A model version names a folder of the store; a path leading anywhere else is refused with ValueError."""
+    save_bundle(config, tiny_scorer(8), classes=CLASSES, embedding="classifier", metrics={})
+    with pytest.raises(ValueError, match="not a version name"):
+        load_manifest(config, version)
+
+
+def keras_file_bytes(model, tmp_path) -> bytes:
+    """A model saved as a .keras file, as bytes."""
+    path = tmp_path / "model.keras"
+    model.save(path)
+    return path.read_bytes()
+
+
+def test_scorer_with_a_lambda_layer_is_refused(tmp_path):
+    """A .keras file holding a Lambda layer (arbitrary Python code) is refused by safe mode, not run."""
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    content = keras_file_bytes(keras.Model(inputs, outputs), tmp_path)
+    with pytest.raises(ValueError, match="(?i)lambda|safe_mode"):
+        load_scorer_from_bytes(content)
+
+
+class _TouchOnUnpickle:
+    """Unpickling this calls ``pathlib.Path.touch`` on a file: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_scorer_file_that_is_a_pickle_is_refused_unloaded(tmp_path):
+    """A pickle put where the scorer file belongs raises and is never unpickled."""
+    import pickle
+
+    marker = tmp_path / "pickle-ran"
+    with pytest.raises(Exception):  # noqa: B017 - Keras's exact error for a non-zip file is not ours to pin
+        load_scorer_from_bytes(pickle.dumps(_TouchOnUnpickle(marker)))
+    assert not marker.exists()

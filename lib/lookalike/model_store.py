@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -96,6 +97,9 @@ def save_bundle(
     return manifest
 
 
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
 def resolve_version(config: Mapping[str, Any], version: str | None = None) -> str:
     """The given version, else the one LATEST names.
 
@@ -103,6 +107,8 @@ def resolve_version(config: Mapping[str, Any], version: str | None = None) -> st
     ------
     FileNotFoundError
         If no model has been trained yet, or the version does not exist.
+    ValueError
+        If the version is not a plain name (a path such as ``../x`` is refused).
     """
     root = model_root(config)
     if not version:
@@ -110,6 +116,9 @@ def resolve_version(config: Mapping[str, Any], version: str | None = None) -> st
         if not latest.is_file():
             raise FileNotFoundError(f"no trained model in {root}: run the train job first")
         version = latest.read_text(encoding="utf-8").strip()
+    if not _VERSION.match(version):
+        # A version names a folder of the model store; nothing else may be loaded.
+        raise ValueError(f"model version {version!r} is not a version name (e.g. 20261121T131600Z-d69b51b6)")
     if not (root / version / "manifest.json").is_file():
         raise FileNotFoundError(f"model version {version!r} not found in {root}")
     return version
