@@ -24,7 +24,7 @@ CATALOG = TableSchema(
         Column("ingested_at", TimestampType(), "When this row was last written by ingest (UTC).", nullable=False),
         Column("run_id", StringType(), "Run that last wrote this row.", nullable=False),
     ),
-    constraints={"price_is_valid": "price >= 0"},
+    constraints={"price_is_valid": "price >= 0", "price_is_finite": "NOT isnan(price) AND price < double('Infinity')"},
 )
 
 # The columns a catalog file must or may carry, before ingest adds image_hash, ingested_at, run_id.

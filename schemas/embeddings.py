@@ -25,5 +25,6 @@ EMBEDDINGS = TableSchema(
     constraints={
         "confidence_is_probability": "confidence >= 0 AND confidence <= 1",
         "price_is_valid": "price >= 0",
+        "price_is_finite": "NOT isnan(price) AND price < double('Infinity')",
     },
 )
