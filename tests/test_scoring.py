@@ -1,0 +1,53 @@
+"""Scoring through the pandas UDF: results do not depend on how Spark batches the photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.model_store import read_scorer_bytes, save_bundle
+from lookalike.scoring import make_score_udf
+
+keras = pytest.importorskip("keras")
+from lookalike.models import build_classifier, build_scorer  # noqa: E402
+
+CLASSES = ["Bags", "Shoes", "Topwear"]
+PHOTOS = 130  # more than two batches of 64, not a multiple of it
+MAX_BATCH_ROWS = 1024  # conf/defaults.toml embed.max_rows_per_batch
+TOLERANCE = 1e-5  # float32 sums over a different batch shape differ in the last bits only
+
+
+def score_with_batch_rows(spark, udf, photos, rows: int) -> dict[str, tuple]:
+    """Score every photo with Arrow batches of ``rows`` rows; (category, confidence, embedding) per photo."""
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
+    scored = photos.repartition(2, "name").withColumn("out", udf("content")).select("name", "out.*").collect()
+    return {r["name"]: (r["predicted_category"], r["confidence"], np.array(r["embedding"])) for r in scored}
+
+
+def test_embeddings_do_not_depend_on_the_batch_size(spark, make_config, photo_subset: Path):
+    """Batches of 1, 64 and the configured maximum give the same categories and, within 1e-5, the same outputs."""
+    config = make_config()
+    classifier = build_classifier(num_classes=len(CLASSES), image_size=32, embedding_dim=16, seed=3)
+    manifest = save_bundle(config, build_scorer(classifier), classes=CLASSES, embedding="classifier", metrics={})
+    scorer_bytes = spark.sparkContext.broadcast(read_scorer_bytes(config, manifest))
+    udf = make_score_udf(manifest, scorer_bytes, tf_threads=1)
+    paths = sorted((photo_subset / "images").glob("*.jpg"))[:PHOTOS]
+    photos = spark.createDataFrame([(p.name, p.read_bytes()) for p in paths], "name string, content binary")
+    try:
+        results = {rows: score_with_batch_rows(spark, udf, photos, rows) for rows in (1, 64, MAX_BATCH_ROWS)}
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+        scorer_bytes.destroy()
+
+    reference = results[MAX_BATCH_ROWS]
+    assert len(reference) == PHOTOS
+    embeddings = np.stack([reference[name][2] for name in sorted(reference)])
+    assert np.unique(embeddings.round(4), axis=0).shape[0] > PHOTOS // 2  # the photos do embed differently
+    for rows in (1, 64):
+        assert results[rows].keys() == reference.keys()
+        for name, (category, confidence, embedding) in results[rows].items():
+            assert category == reference[name][0]
+            assert abs(confidence - reference[name][1]) <= TOLERANCE
+            assert np.abs(embedding - reference[name][2]).max() <= TOLERANCE
