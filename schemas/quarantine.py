@@ -23,6 +23,7 @@ REASONS = (
     "missing_item_id",
     "missing_image_uri",
     "bad_price",
+    "bad_encoding",  # a text column is not valid UTF-8
     "outside_image_root",  # resolves outside catalog.image_roots, has a ".." segment, or is a symlink leading out
     "duplicate_item_id",
     "missing_image",  # no file at the URI, or a zero-byte file (Spark's file sources skip those)

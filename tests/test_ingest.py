@@ -364,3 +364,45 @@ def test_photos_outside_the_image_roots_are_quarantined_and_never_read(spark, ma
     stored = {r["image_hash"] for r in read_table(spark, config, IMAGES).select("image_hash").collect()}
     assert sha256(secret) not in stored  # never read into the images table
     assert stored == {sha256(r["photo"]) for r in rows if r["expect"] is None}
+
+
+def test_unknown_columns_fail_unless_allowed(spark, make_config, photo_root, tmp_path):
+    """A column the catalog does not know is schema drift: refused by name, or ignored when configured."""
+    p = photo_names(photo_root)
+    path = tmp_path / "drift.csv"
+    path.write_text(f"item_id,image_uri,price,colour\nD1,images/{p[0]},5,red\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"\['colour'\].*allow_unknown_columns"):
+        ingest_catalog(spark, make_config(f"catalog.image_root={photo_root}"), str(path), run_id="run-drift")
+    config = make_config(f"catalog.image_root={photo_root}", "catalog.allow_unknown_columns=true")
+    counts = ingest_catalog(spark, config, str(path), run_id="run-drift")
+    assert (counts.input_rows, counts.ingested) == (1, 1)
+    assert "colour" not in read_table(spark, config, CATALOG).columns
+
+
+def test_nested_column_is_refused_with_its_type(spark, make_config, photo_root, tmp_path):
+    """A price given as an object (a wrong type Spark cannot cast) fails up front, naming the column and type."""
+    p = photo_names(photo_root)
+    path = tmp_path / "nested.jsonl"
+    path.write_text(json.dumps({"item_id": "N1", "image_uri": f"images/{p[0]}", "price": {"amount": 5}}) + "\n")
+    with pytest.raises(ValueError, match=r"price \(struct<amount:bigint>\)"):
+        ingest_catalog(spark, make_config(f"catalog.image_root={photo_root}"), str(path), run_id="run-nested")
+
+
+def test_text_that_is_not_utf8_is_quarantined_and_accents_are_kept(spark, make_config, photo_root, tmp_path):
+    """A Latin-1 title would reach the tables garbled (U+FFFD): quarantined as bad_encoding; real UTF-8 is kept exactly."""
+    p = photo_names(photo_root)
+    path = tmp_path / "encoding.csv"
+    path.write_bytes(
+        b"item_id,image_uri,price,title,brand\n"
+        + f"U1,images/{p[0]},5,Caf\u00e9 cr\u00e8me \u2013 \u65e5\u672c,Br\u00fbl\u00e9e\n".encode("utf-8")
+        + f"L1,images/{p[1]},6,".encode("utf-8") + "Caf\u00e9 latin-1".encode("latin-1") + b",Brand\n"
+    )
+    config = make_config(f"catalog.image_root={photo_root}")
+    counts = ingest_catalog(spark, config, str(path), run_id="run-encoding")
+    assert (counts.ingested, counts.quarantined) == (1, {"bad_encoding": 1})
+    titles = {r["item_id"]: (r["title"], r["brand"]) for r in read_table(spark, config, CATALOG).collect()}
+    assert titles == {"U1": ("Caf\u00e9 cr\u00e8me \u2013 \u65e5\u672c", "Br\u00fbl\u00e9e")}
+    refused = read_table(spark, config, QUARANTINE).collect()
+    assert [(r["item_id"], r["reason"], r["detail"]) for r in refused] == [
+        ("L1", "bad_encoding", "not UTF-8 (shown as U+FFFD) in: title")
+    ]

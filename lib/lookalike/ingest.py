@@ -15,6 +15,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, MapType, StructType
 from pyspark.storagelevel import StorageLevel
 
 from lookalike.tables import (
@@ -56,15 +57,23 @@ class IngestCounts:
         return sum(self.quarantined.values())
 
 
-def read_catalog_file(spark: SparkSession, path: str, *, file_format: str | None = None) -> DataFrame:
+def read_catalog_file(
+    spark: SparkSession, path: str, *, file_format: str | None = None, allow_unknown_columns: bool = False
+) -> DataFrame:
     """Read a catalog file (CSV with header, Parquet, or JSON Lines) without interpreting values.
 
     CSV values stay strings so that a bad price becomes a quarantine row, not a parse failure.
 
+    Parameters
+    ----------
+    allow_unknown_columns : bool
+        Ignore (and log) columns the catalog does not know, instead of refusing the file.
+
     Raises
     ------
     ValueError
-        If the format cannot be told from the extension, or a required column is missing.
+        If the format cannot be told from the extension, a required column is missing, a column
+        is not a plain value (struct, array, map), or an unknown column appears and is not allowed.
     """
     fmt = file_format or _FORMATS.get(Path(path.rstrip("/")).suffix.lower())
     if fmt is None:
@@ -79,7 +88,16 @@ def read_catalog_file(spark: SparkSession, path: str, *, file_format: str | None
             f"catalog {path!r} lacks required column(s) {missing}; it has {raw.columns}. "
             f"Required: {list(REQUIRED_INPUT_COLUMNS)}; optional: {list(OPTIONAL_INPUT_COLUMNS)}"
         )
+    nested = [f"{f.name} ({f.dataType.simpleString()})" for f in raw.schema.fields
+              if isinstance(f.dataType, (ArrayType, MapType, StructType))]
+    if nested:
+        raise ValueError(f"catalog {path!r}: column(s) {nested} hold nested values; every column must be a plain value")
     extra = [c for c in raw.columns if c not in REQUIRED_INPUT_COLUMNS + OPTIONAL_INPUT_COLUMNS]
+    if extra and not allow_unknown_columns:
+        raise ValueError(
+            f"catalog {path!r} has column(s) {extra} the catalog does not know (schema drift?); known: "
+            f"{list(REQUIRED_INPUT_COLUMNS + OPTIONAL_INPUT_COLUMNS)}. Set catalog.allow_unknown_columns = true to ignore them"
+        )
     if extra:
         log.warning("catalog %s: ignoring unknown column(s) %s", path, extra)
     return raw
@@ -107,6 +125,10 @@ def _root_uri(image_root: str) -> str:
     if has_scheme(image_root):
         return image_root.rstrip("/")
     return "file:" + os.path.abspath(image_root).rstrip("/")
+
+
+# Text columns checked for invalid UTF-8 (image_uri is checked by whether its file exists).
+_TEXT_COLUMNS = ("item_id", "category", "article_type", "title", "brand")
 
 
 def allowed_image_roots(config: Mapping[str, Any]) -> list[str]:
@@ -156,11 +178,14 @@ def validate_rows(raw: DataFrame, *, image_root: str, allowed_roots: Sequence[st
         F.expr("try_cast(updated_at AS TIMESTAMP)").alias("updated_at"),
         "source_record",
     )
+    # Spark decodes invalid UTF-8 as U+FFFD: such text would reach the tables garbled.
+    garbled = [F.when(F.col(c).contains("\ufffd"), F.lit(c)) for c in _TEXT_COLUMNS]
     bad_price = F.col("price").isNull() | F.isnan("price") | (F.abs("price") == float("inf")) | (F.col("price") < 0)
     reason = (
         F.when(F.col("item_id").isNull(), "missing_item_id")
         .when(F.col("image_uri").isNull(), "missing_image_uri")
         .when(bad_price, "bad_price")
+        .when(F.concat_ws(",", *garbled) != "", "bad_encoding")
     )
     roots = [_root_uri(r) for r in (allowed_roots or [image_root])]
     resolved = resolve_uri(F.col("image_uri"), image_root)
@@ -171,6 +196,8 @@ def validate_rows(raw: DataFrame, *, image_root: str, allowed_roots: Sequence[st
     reason = reason.when(outside, "outside_image_root")
     detail = (
         F.when(F.col("reason") == "bad_price", F.concat(F.lit("price="), F.coalesce(F.col("price_text"), F.lit("null"))))
+        .when(F.col("reason") == "bad_encoding",
+              F.concat(F.lit("not UTF-8 (shown as U+FFFD) in: "), F.concat_ws(",", *garbled)))
         .when(F.col("reason") == "outside_image_root",
               F.concat(F.lit(f"not under the image roots {', '.join(roots)}: "), resolved))
     )
@@ -348,7 +375,8 @@ def ingest_catalog(
     images_table = ensure_table(spark, config, IMAGES)
     ensure_table(spark, config, QUARANTINE)
 
-    raw = read_catalog_file(spark, catalog_path, file_format=file_format)
+    raw = read_catalog_file(spark, catalog_path, file_format=file_format,
+                            allow_unknown_columns=bool(config["catalog"].get("allow_unknown_columns", False)))
     rows = validate_rows(
         raw, image_root=str(config["catalog"]["image_root"]), allowed_roots=allowed_image_roots(config)
     ).persist(StorageLevel.MEMORY_AND_DISK)

@@ -242,7 +242,9 @@ def refresh(
             for table in ALL_TABLES:
                 ensure_table(spark, config, table)
             model = "trained by this run" if train else load_manifest(config, model_version).version
-            rows = validate_rows(read_catalog_file(spark, catalog_path, file_format=file_format),
+            allow_unknown = bool(config["catalog"].get("allow_unknown_columns", False))
+            raw = read_catalog_file(spark, catalog_path, file_format=file_format, allow_unknown_columns=allow_unknown)
+            rows = validate_rows(raw,
                                  image_root=str(config["catalog"]["image_root"]),
                                  allowed_roots=allowed_image_roots(config))
             # Listed once: the fingerprint and ingest both need it.
