@@ -327,6 +327,37 @@ def read_image_files(spark: SparkSession, paths: DataFrame) -> DataFrame:
     return files.join(F.broadcast(paths.select("path").distinct()), "path").select(*columns)
 
 
+@dataclass
+class CatalogInput:
+    """A catalog file read and validated, and the photo files its usable rows point at (both persisted)."""
+
+    rows: DataFrame
+    listing: DataFrame
+
+    def unpersist(self) -> None:
+        """Free both cached frames."""
+        self.rows.unpersist()
+        self.listing.unpersist()
+
+
+def read_catalog_input(
+    spark: SparkSession, config: Mapping[str, Any], catalog_path: str, *, file_format: str | None = None
+) -> CatalogInput:
+    """Read and validate a catalog file and list its photos, once per run (the caller unpersists).
+
+    Raises
+    ------
+    ValueError
+        See ``read_catalog_file``.
+    """
+    catalog = config["catalog"]
+    raw = read_catalog_file(spark, catalog_path, file_format=file_format,
+                            allow_unknown_columns=bool(catalog.get("allow_unknown_columns", False)))
+    roots = allowed_image_roots(config)
+    rows = validate_rows(raw, image_root=str(catalog["image_root"]), allowed_roots=roots).persist(StorageLevel.MEMORY_AND_DISK)
+    return CatalogInput(rows=rows, listing=list_image_files(spark, rows.where("reason IS NULL"), roots))
+
+
 def ingest_catalog(
     spark: SparkSession,
     config: Mapping[str, Any],
@@ -337,7 +368,7 @@ def ingest_catalog(
     run_seq: int | None = None,
     delete_missing: bool = False,
     rehash_images: bool = False,
-    listing: DataFrame | None = None,
+    prepared: CatalogInput | None = None,
 ) -> IngestCounts:
     """Upsert a catalog file and its photos into the Delta tables.
 
@@ -364,8 +395,8 @@ def ingest_catalog(
         in the file whose row is quarantined keep their last good row.
     rehash_images : bool
         Read and hash every photo even when its length and modification time are unchanged.
-    listing : DataFrame, optional
-        ``list_image_files`` of this catalog's rows, when the caller has it already (it stays persisted).
+    prepared : CatalogInput, optional
+        ``read_catalog_input`` of this file, when the caller has it already (the caller unpersists it).
 
     Returns
     -------
@@ -375,14 +406,9 @@ def ingest_catalog(
     images_table = ensure_table(spark, config, IMAGES)
     ensure_table(spark, config, QUARANTINE)
 
-    raw = read_catalog_file(spark, catalog_path, file_format=file_format,
-                            allow_unknown_columns=bool(config["catalog"].get("allow_unknown_columns", False)))
-    rows = validate_rows(
-        raw, image_root=str(config["catalog"]["image_root"]), allowed_roots=allowed_image_roots(config)
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    own_listing = listing is None
-    if own_listing:
-        listing = list_image_files(spark, rows.where("reason IS NULL"), allowed_image_roots(config))
+    own_input = prepared is None
+    catalog_input = read_catalog_input(spark, config, catalog_path, file_format=file_format) if own_input else prepared
+    rows, listing = catalog_input.rows, catalog_input.listing
     # Pinned to one version: Delta re-plans cached frames that read a table it writes, and the
     # comparison must keep seeing the catalog as it was before this ingest.
     before = int(catalog_table.history(1).first()["version"])
@@ -417,9 +443,9 @@ def ingest_catalog(
             run_id=run_id, run_seq=run_seq, delete_missing=delete_missing,
         )
     finally:
-        for frame in (rows, listed, listing if own_listing else None):
-            if frame is not None:
-                frame.unpersist()
+        listed.unpersist()
+        if own_input:
+            catalog_input.unpersist()
         if "photos" in locals():
             photos.unpersist()
     log.info(

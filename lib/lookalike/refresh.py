@@ -22,14 +22,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.ingest import (
-    IngestCounts,
-    allowed_image_roots,
-    ingest_catalog,
-    list_image_files,
-    read_catalog_file,
-    validate_rows,
-)
+from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
 from lookalike.publish import (
@@ -236,20 +229,15 @@ def refresh(
     checked_run_id(run_id)
     started = datetime.now(timezone.utc)
     timer = StageTimer()
-    listing = None
+    catalog_input: CatalogInput | None = None
     try:
         with timer.stage("prepare"):
             for table in ALL_TABLES:
                 ensure_table(spark, config, table)
             model = "trained by this run" if train else load_manifest(config, model_version).version
-            allow_unknown = bool(config["catalog"].get("allow_unknown_columns", False))
-            raw = read_catalog_file(spark, catalog_path, file_format=file_format, allow_unknown_columns=allow_unknown)
-            rows = validate_rows(raw,
-                                 image_root=str(config["catalog"]["image_root"]),
-                                 allowed_roots=allowed_image_roots(config))
-            # Listed once: the fingerprint and ingest both need it.
-            listing = list_image_files(spark, rows.where("reason IS NULL"), allowed_image_roots(config))
-            fingerprint, description = input_fingerprint(spark, config, catalog_path, listing=listing, model=model)
+            # Read and listed once: the fingerprint and ingest both need them.
+            catalog_input = read_catalog_input(spark, config, catalog_path, file_format=file_format)
+            fingerprint, description = input_fingerprint(spark, config, catalog_path, listing=catalog_input.listing, model=model)
             publication = latest_publication(spark, config)
             run_seq, done = claim_run(
                 spark, config, run_id=run_id, kind="refresh", fingerprint=fingerprint, description=description,
@@ -263,11 +251,11 @@ def refresh(
         with timer.stage("ingest"):
             ingested = ingest_catalog(
                 spark, config, catalog_path, run_id=run_id, file_format=file_format, run_seq=run_seq,
-                delete_missing=True, rehash_images=rehash_images, listing=listing,
+                delete_missing=True, rehash_images=rehash_images, prepared=catalog_input,
             )
     finally:
-        if listing is not None:
-            listing.unpersist()
+        if catalog_input is not None:
+            catalog_input.unpersist()
     manifest: ModelManifest
     if train:
         from lookalike.training import train_models  # TensorFlow is only imported when training
