@@ -1,0 +1,66 @@
+"""Count the Spark jobs and SQL executions of each stage of the last refresh in a driver log.
+
+    ./spark-submit.sh --conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file:/tmp/events \\
+        --conf spark.eventLog.compress=false benchmarks/refresh_vs_full.py --models-from lookalike-data/models > refresh.log 2>&1
+    .venv/bin/python scripts/count_spark_jobs.py /tmp/events/<application folder or file> refresh.log
+
+The stage boundaries are the ``lookalike.runs: stage ...`` lines of the driver log (the last
+refresh in it: in the benchmark, the incremental one); the jobs and SQL executions are read from
+Spark's event log (uncompressed; a rolling log folder's ``events_*`` files are read in order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+_STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*lookalike\.runs: stage (\w+): (started|[\d.]+ s)")
+_STAGES_PER_REFRESH = 5  # prepare, ingest, embed, index, publish
+
+
+def stage_windows(log: Path) -> list[tuple[str, float, float]]:
+    """(stage, start ms, end ms) of the last refresh's stages in a driver log (times in UTC)."""
+    marks = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _STAGE.match(line)
+        if match:
+            moment = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=timezone.utc)
+            marks.append((match.group(2), match.group(3), moment.timestamp() * 1000))
+    marks = marks[-2 * _STAGES_PER_REFRESH:]
+    return [(name, start, end) for (name, _, start), (_, _, end) in zip(marks[::2], marks[1::2], strict=True)]
+
+
+def event_files(path: Path) -> list[Path]:
+    """One event log file, or a rolling log folder's ``events_<n>_*`` files in order."""
+    if path.is_file():
+        return [path]
+    return sorted(path.glob("events_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("event_log", type=Path)
+    parser.add_argument("driver_log", type=Path)
+    args = parser.parse_args()
+    jobs, executions = [], []
+    for file in event_files(args.event_log):
+        for line in file.open(encoding="utf-8"):
+            event = json.loads(line)
+            if event["Event"] == "SparkListenerJobStart":
+                jobs.append(event["Submission Time"])
+            elif event["Event"].endswith("SparkListenerSQLExecutionStart"):
+                executions.append(event["time"])
+    total_jobs = total_sql = 0
+    for name, start, end in stage_windows(args.driver_log):
+        n_jobs = sum(start <= t <= end for t in jobs)
+        n_sql = sum(start <= t <= end for t in executions)
+        total_jobs, total_sql = total_jobs + n_jobs, total_sql + n_sql
+        print(f"{name:<8} {(end - start) / 1000:6.1f} s  {n_jobs:4d} jobs  {n_sql:4d} SQL executions")
+    print(f"{'total':<8} {'':8}  {total_jobs:4d} jobs  {total_sql:4d} SQL executions")
+
+
+if __name__ == "__main__":
+    main()
