@@ -27,5 +27,6 @@ REASONS = (
     "outside_image_root",  # resolves outside catalog.image_roots, has a ".." segment, or is a symlink leading out
     "duplicate_item_id",
     "missing_image",  # no file at the URI, or a zero-byte file (Spark's file sources skip those)
+    "unreadable_image",  # listed, but reading it failed: no permission, removed during the run, I/O error
     "undecodable_image",
 )

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,13 +20,14 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.ingest import ingest_catalog
+from lookalike.ingest import ingest_catalog, read_catalog_input, read_image_files
 from lookalike.tables import read_table, table_path
 from schemas import CATALOG, IMAGES, QUARANTINE
 
 COLUMNS = ["item_id", "image_uri", "price", "category", "article_type", "title", "brand", "in_stock", "updated_at"]
 CATALOG_COLUMNS = "item_id string, image_uri string, price double, category string, image_hash string"
 QUARANTINE_COLUMNS = "item_id string, reason string"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -405,4 +408,85 @@ def test_text_that_is_not_utf8_is_quarantined_and_accents_are_kept(spark, make_c
     refused = read_table(spark, config, QUARANTINE).collect()
     assert [(r["item_id"], r["reason"], r["detail"]) for r in refused] == [
         ("L1", "bad_encoding", "not UTF-8 (shown as U+FFFD) in: title")
+    ]
+
+
+def test_photo_removed_after_listing_is_quarantined_as_unreadable(spark, make_config, photo_root, tmp_path):
+    """A photo listed, then deleted before its bytes are read, is one unreadable_image row; the job goes on."""
+    p = photo_names(photo_root)
+    rows = [r for r in case_rows(photo_root) if r["expect"] is None]
+    path = write_csv(rows, tmp_path / "catalog.csv")
+    config = make_config(f"catalog.image_root={photo_root}")
+    prepared = read_catalog_input(spark, config, str(path))  # lists the photos
+    try:
+        (photo_root / "images" / p[3]).unlink()  # A4's photo
+        counts = ingest_catalog(spark, config, str(path), run_id="run-gone", prepared=prepared)
+    finally:
+        prepared.unpersist()
+
+    assert counts.quarantined == {"unreadable_image": 1}
+    assert counts.input_rows == counts.ingested + counts.quarantined_total == len(rows)
+    assertDataFrameEqual(catalog_of(spark, config), expected_catalog(spark, [r for r in rows if r["item_id"] != "A4"]))
+    assertDataFrameEqual(
+        quarantine_of(spark, config, "run-gone"), spark.createDataFrame([("A4", "unreadable_image")], QUARANTINE_COLUMNS)
+    )
+
+
+def test_photo_removed_while_its_read_is_planned_is_skipped_not_fatal(spark, photo_root):
+    """Deleted after Spark planned the read (at task time), a file is left out of the result instead of failing the job."""
+    photos = sorted((photo_root / "images").glob("*.jpg"))
+    photos = [f for f in photos if f.stat().st_size > 0][:3]
+    paths = spark.createDataFrame([(uri(f),) for f in photos], "path string")
+    planned = read_image_files(spark, paths)
+    photos[1].unlink()
+    read = planned.select("path", F.sha2("content", 256).alias("hash"))
+    expected = spark.createDataFrame([(uri(f), sha256(f)) for f in (photos[0], photos[2])], "path string, hash string")
+    assertDataFrameEqual(read, expected)
+
+
+UNREADABLE_INGEST = """
+import json, sys
+from lookalike.config import load_config
+from lookalike.ingest import ingest_catalog
+from lookalike.session import build_spark
+from lookalike.tables import read_table
+from schemas import QUARANTINE
+config = load_config(profile="test", overrides=sys.argv[2:])
+spark = build_spark("unreadable-photo", config, master="local[1]")
+counts = ingest_catalog(spark, config, sys.argv[1], run_id="run-unreadable")
+refused = [(r["item_id"], r["reason"], r["detail"]) for r in read_table(spark, config, QUARANTINE).collect()]
+print(json.dumps({"ingested": counts.ingested, "quarantined": counts.quarantined, "refused": refused}))
+"""
+
+
+@pytest.mark.slow
+def test_photo_without_read_permission_is_quarantined_as_unreadable(photo_root, tmp_path):
+    """A photo the job may list but not read is one unreadable_image row; the readable photos are ingested.
+
+    Root reads any file, so as root the job runs without the capabilities that let it bypass
+    file permissions (setpriv), as a retailer's service account would.
+    """
+    p = photo_names(photo_root)
+    rows = [r for r in case_rows(photo_root) if r["expect"] is None]
+    path = write_csv(rows, tmp_path / "catalog.csv")
+    locked = photo_root / "images" / p[3]  # A4's photo
+    locked.chmod(0)
+    command = [sys.executable, "-c", UNREADABLE_INGEST, str(path), f"catalog.image_root={photo_root}",
+               f"storage.root={tmp_path / 'store'}"]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot take away root's read-anything rights")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK")}
+    try:
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        locked.chmod(0o644)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["ingested"] == len(rows) - 1
+    assert outcome["quarantined"] == {"unreadable_image": 1}
+    assert outcome["refused"] == [
+        ["A4", "unreadable_image",
+         "listed but could not be read (no permission, removed during the run, or an I/O error): " + uri(locked)]
     ]

@@ -291,8 +291,13 @@ def escaping_symlinks(folders: Sequence[str], allowed_roots: Sequence[str]) -> l
     return sorted(escaping)
 
 
-def _binary_files(spark: SparkSession, *paths: str) -> DataFrame:
-    return spark.read.format("binaryFile").option("recursiveFileLookup", False).load(list(paths))
+def _binary_files(spark: SparkSession, *paths: str, skip_unreadable: bool = False) -> DataFrame:
+    reader = spark.read.format("binaryFile").option("recursiveFileLookup", False)
+    if skip_unreadable:
+        # A file removed after listing, or one that cannot be read (permissions, I/O error), would
+        # otherwise fail the whole job; skipped here, its rows are quarantined as unreadable_image.
+        reader = reader.option("ignoreMissingFiles", True).option("ignoreCorruptFiles", True)
+    return reader.load(list(paths))
 
 
 # Above this many photos to read, whole folders are read and filtered rather than each file named.
@@ -310,7 +315,8 @@ def read_image_files(spark: SparkSession, paths: DataFrame) -> DataFrame:
     Returns
     -------
     DataFrame
-        ``path``, ``length``, ``modificationTime``, ``content``; a file that vanished since it was listed is absent.
+        ``path``, ``length``, ``modificationTime``, ``content``; a file that vanished since it was
+        listed, or that cannot be read, is absent (and logged by Spark).
     """
     wanted = sorted(r["path"] for r in paths.select("path").distinct().collect())
     schema = "path string, length long, modificationTime timestamp, content binary"
@@ -319,11 +325,11 @@ def read_image_files(spark: SparkSession, paths: DataFrame) -> DataFrame:
     columns = ["path", "length", "modificationTime", "content"]
     if len(wanted) <= _MAX_NAMED_FILES:
         try:
-            return _binary_files(spark, *wanted).select(*columns)
+            return _binary_files(spark, *wanted, skip_unreadable=True).select(*columns)
         except AnalysisException as error:  # one vanished between listing and reading
             log.warning("re-reading photo folders, a listed photo is gone: %s", error)
     folders = sorted({path.rsplit("/", 1)[0] for path in wanted})
-    files = _binary_files(spark, *folders)
+    files = _binary_files(spark, *folders, skip_unreadable=True)
     return files.join(F.broadcast(paths.select("path").distinct()), "path").select(*columns)
 
 
@@ -479,7 +485,8 @@ def _merge_rows(
                 F.col("reason"),
                 F.when(F.col("outside_root"), F.lit("outside_image_root")),
                 # Spark's file sources skip zero-byte files, so an empty photo is missing too.
-                F.when(F.col("file_hash").isNull(), F.lit("missing_image")),
+                F.when(F.col("path").isNull(), F.lit("missing_image")),
+                F.when(F.col("file_hash").isNull(), F.lit("unreadable_image")),
             ),
         )
         .withColumn(
@@ -487,6 +494,9 @@ def _merge_rows(
             F.coalesce(
                 F.col("detail"),
                 F.when(F.col("reason") == "missing_image", F.concat(F.lit("no such file, or zero bytes: "), F.col("resolved_uri"))),
+                F.when(F.col("reason") == "unreadable_image",
+                       F.concat(F.lit("listed but could not be read (no permission, removed during the run, or an I/O error): "),
+                                F.col("resolved_uri"))),
                 F.when(F.col("reason") == "outside_image_root",
                        F.concat(F.lit("a symbolic link leading out of the image roots: "), F.col("resolved_uri"))),
             ),
