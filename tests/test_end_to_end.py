@@ -19,7 +19,7 @@ from lookalike.model_store import load_manifest, load_metrics
 from lookalike.pipeline import run_pipeline
 from lookalike.query import lookalikes_of_image, lookalikes_of_item
 from lookalike.tables import read_table, register_tables
-from schemas import CATALOG, EMBEDDINGS, QUARANTINE, SIMILAR_ITEMS
+from schemas import CATALOG, EMBEDDINGS, QUARANTINE, RUNS, SIMILAR_ITEMS
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -63,6 +63,10 @@ def test_every_input_row_ends_in_embeddings_or_quarantine(spark, pipeline_run):
     expected = spark.createDataFrame([(i,) for i in input_ids], "item_id string")
     assertDataFrameEqual(embedded.unionAll(quarantined), expected)
     assert summary["items_embedded"] + summary["items_quarantined"] == len(input_ids)
+    recorded = read_table(spark, config, RUNS).where("run_id = 'e2e-run' AND job = 'refresh'").first()["figures"]
+    accounting = {k: v for k, v in recorded.items() if k.startswith(("input_rows", "items_kept", "items_published", "items_quarantined", "quarantined_"))}
+    assert accounting == {"input_rows": len(input_ids), "items_kept": 0, "items_published": len(input_ids) - 2,
+                          "items_quarantined": 2, "quarantined_bad_price": 1, "quarantined_undecodable_image": 1}
 
 
 def test_bad_rows_are_quarantined_with_their_reason(spark, pipeline_run):
@@ -182,6 +186,26 @@ def test_query_by_item_and_by_image(spark, pipeline_run, photo_subset: Path):
     top = by_image.select("item_id", "score").toPandas()
     assert set(top["item_id"]) == {first["item_id"], TWIN_ID}
     assert np.allclose(top["score"], 1.0, atol=1e-4)
+
+
+INJECTIONS = ["x' OR '1'='1", "1; DROP TABLE lookalike.catalog; --", "` OR 1=1 --", "%", "*"]
+
+
+def test_query_parameters_are_values_never_sql(spark, pipeline_run, photo_subset: Path):
+    """Item ids and categories with SQL in them match nothing (bound as literals) and change no table."""
+    config, _, _, first = pipeline_run
+    before = {t.name: read_table(spark, config, t).count() for t in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS)}
+    for text in INJECTIONS:
+        with pytest.raises(KeyError, match="has no embedding"):
+            lookalikes_of_item(spark, config, text, k=3)
+        with pytest.raises(KeyError):
+            lookalikes_of_item(spark, config, text, k=3, max_price=1e9)
+    photo = (photo_subset / first["image_uri"]).read_bytes()
+    for text in INJECTIONS + [f"{first['category']}' OR '1'='1"]:
+        _, _, found = lookalikes_of_image(spark, config, photo, k=3, category=text)
+        assert found.count() == 0, text
+    after = {t.name: read_table(spark, config, t).count() for t in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS)}
+    assert after == before
 
 
 def test_model_bundle_records_its_metrics(spark, pipeline_run):

@@ -321,7 +321,7 @@ def test_snapshot_ingest_deletes_absent_items_but_keeps_quarantined_ones(spark, 
     counts = ingest_catalog(
         spark, config, str(write_csv(bad_a4, tmp_path / "night2.csv")), run_id="run-2", delete_missing=True
     )
-    assert (counts.deleted, counts.changed, counts.quarantined) == (1, 0, {"bad_price": 1})
+    assert (counts.deleted, counts.changed, counts.quarantined, counts.kept) == (1, 0, {"bad_price": 1}, 1)
     assertDataFrameEqual(catalog_of(spark, config), expected_catalog(spark, kept))
 
 

@@ -7,6 +7,7 @@ with the same model. Later tests add a third night while a reader polls, and rol
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from lookalike.publish import (
     published_table,
     unfinished_run,
 )
-from lookalike.refresh import RefreshResult, RunConflict, claim_run, refresh, rollback
+from lookalike.refresh import AccountingError, RefreshResult, RunConflict, account_for_rows, claim_run, refresh, rollback
 from lookalike.tables import table_path
 from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, SIMILAR_ITEMS
 
@@ -103,6 +104,27 @@ def test_every_kind_of_change_is_present(history):
     }
     assert history.night2.ingest.photos_read == 4  # two new photos, two new items; the rest carried over
     assert history.night2.embed.photos_scored == 4
+
+
+def test_every_input_row_is_accounted_for_and_a_gap_stops_the_publish(spark, history):
+    """input rows + kept = published + quarantined, from independent counts; an imbalance raises and names the balance."""
+    night2 = history.night2
+    published = published_table(spark, history.incremental, EMBEDDINGS, night2.publication).count()
+    catalog_version = int(night2.figures["catalog_version"])
+    figures = account_for_rows(spark, history.incremental, run_id="night-2", ingested=night2.ingest,
+                               catalog_version=catalog_version, published_items=published)
+    assert figures == {"input_rows": len(history.changed_rows), "items_kept": 0, "items_published": len(history.changed_rows),
+                       "items_quarantined": 0}
+    assert {k: night2.figures[k] for k in figures} == figures  # what the run recorded
+
+    with pytest.raises(AccountingError, match=r"catalog items = items published \+ items quarantined at embed: "
+                                              rf"{published} != {published - 1}"):
+        account_for_rows(spark, history.incremental, run_id="night-2", ingested=night2.ingest,
+                         catalog_version=catalog_version, published_items=published - 1)
+    lost_at_ingest = dataclasses.replace(night2.ingest, ingested=night2.ingest.ingested - 1)
+    with pytest.raises(AccountingError, match="input rows = rows accepted"):
+        account_for_rows(spark, history.incremental, run_id="night-2", ingested=lost_at_ingest,
+                         catalog_version=catalog_version, published_items=published)
 
 
 def test_incremental_refresh_equals_full_rebuild(spark, history):

@@ -40,7 +40,8 @@ class IngestCounts:
     """What happened to every input row: ``input_rows == ingested + sum(quarantined.values())``.
 
     ``photos_read`` photos were read (the others were unchanged since the last ingest), ``changed``
-    catalog rows were inserted or updated and ``deleted`` removed.
+    catalog rows were inserted or updated and ``deleted`` removed. ``kept`` items had every row
+    of this file refused but stay in the catalog with the good row of an earlier ingest.
     """
 
     input_rows: int
@@ -50,6 +51,7 @@ class IngestCounts:
     photos_read: int = 0
     changed: int = 0
     deleted: int = 0
+    kept: int = 0
 
     @property
     def quarantined_total(self) -> int:
@@ -511,6 +513,10 @@ def _merge_rows(
         bad = joined.where("reason IS NOT NULL")
         by_reason = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
         input_rows, ingested, photos_read = joined.count(), good.count(), photos.count()
+        refused_items = bad.where(F.col("item_id").isNotNull()).select("item_id").distinct()
+        kept = refused_items.join(good.select("item_id"), "item_id", "left_anti").join(
+            current.select("item_id"), "item_id", "left_semi"
+        ).count()
         append_quarantine(config, bad, run_id=run_id, stage="ingest", run_seq=run_seq)
 
         new_images = (
@@ -563,6 +569,7 @@ def _merge_rows(
             photos_read=photos_read,
             changed=n_changed,
             deleted=n_deleted,
+            kept=kept,
         )
     finally:
         joined.unpersist()

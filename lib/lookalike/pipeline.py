@@ -49,15 +49,15 @@ def run_pipeline(
         quality = list_quality(spark, config, k=10)
     model_version = result.publication.model_version
     metrics = load_metrics(config, model_version)
-    ingested, embedded, figures = result.ingest, result.embed, result.figures
-    quarantined = {**(ingested.quarantined if ingested else {}), **(embedded.quarantined if embedded else {})}
+    figures = result.figures
+    quarantined = {name[len("quarantined_"):]: int(n) for name, n in figures.items() if name.startswith("quarantined_")}
     summary: dict[str, Any] = {
         "run_id": run_id,
         "model_version": model_version,
         "status": result.status,
         "input_rows": int(figures.get("input_rows", 0)),
         "items_ingested": int(figures.get("items_ingested", 0)),
-        "items_quarantined": sum(quarantined.values()),
+        "items_quarantined": int(figures.get("items_quarantined", 0)),
         "quarantined_by_reason": quarantined,
         "items_embedded": published_table(spark, config, EMBEDDINGS).count(),
         "photos_scored": int(figures.get("photos_scored", 0)),

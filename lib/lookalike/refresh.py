@@ -40,7 +40,7 @@ from lookalike.publish import (
 from lookalike.runs import StageTimer, record_run
 from lookalike.scoring import EmbedCounts, stage_embeddings
 from lookalike.tables import conform, ensure_table, read_table, register_tables, storage_root, table_path, table_version
-from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, REFRESH_RUNS, SIMILAR_ITEMS
+from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, QUARANTINE, REFRESH_RUNS, SIMILAR_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 class RunConflict(RuntimeError):
     """A run id that cannot run now: its input changed, it is older than the published run, or another run is half-published."""
+
+
+class AccountingError(RuntimeError):
+    """A run's counts do not balance: an input row was lost or counted twice. Nothing is published."""
 
 
 @dataclass
@@ -188,6 +192,70 @@ def new_state(previous: DataFrame, changes: DataFrame) -> DataFrame:
     return kept.unionByName(conform(changes.where(~F.col(DELETE_FLAG)), EMBEDDINGS))
 
 
+def account_for_rows(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    run_id: str,
+    ingested: IngestCounts,
+    catalog_version: int,
+    published_items: int,
+) -> dict[str, float]:
+    """Check that every input row of a run is published or quarantined, and return the figures per reason.
+
+    Balances ``input_rows + items_kept == items_published + quarantined``, from counts taken
+    independently: the catalog file, the ``catalog`` table at the version the run embedded, the
+    embeddings the run publishes and the run's ``quarantine`` rows. An item whose row was refused
+    tonight but keeps an earlier good row (``items_kept``) counts once as quarantined (tonight's
+    row) and once as published (its earlier row).
+
+    Parameters
+    ----------
+    ingested : IngestCounts
+        What this run's ingest did.
+    catalog_version : int
+        The ``catalog`` version the run embedded.
+    published_items : int
+        Items in the embeddings the run publishes.
+
+    Returns
+    -------
+    dict
+        ``input_rows``, ``items_kept``, ``items_published``, ``items_quarantined`` and
+        ``quarantined_<reason>`` for every reason met.
+
+    Raises
+    ------
+    AccountingError
+        If a balance fails; the message names it and its two sides.
+    """
+    refused = read_table(spark, config, QUARANTINE).where(F.col("run_id") == run_id).groupBy("stage", "reason").count().collect()
+    by_stage = {stage: sum(r["count"] for r in refused if r["stage"] == stage) for stage in ("ingest", "embed")}
+    catalog_items = read_table(spark, config, CATALOG, version=catalog_version).count()
+    balances = {
+        "input rows = rows accepted + rows quarantined at ingest": (ingested.input_rows, ingested.ingested + by_stage["ingest"]),
+        "catalog items = rows accepted + items kept from earlier runs": (catalog_items, ingested.ingested + ingested.kept),
+        "catalog items = items published + items quarantined at embed": (catalog_items, published_items + by_stage["embed"]),
+    }
+    failed = {name: sides for name, sides in balances.items() if sides[0] != sides[1]}
+    if failed:
+        raise AccountingError(f"run {run_id} does not balance, nothing published: "
+                              + "; ".join(f"{name}: {left} != {right}" for name, (left, right) in failed.items()))
+    figures: dict[str, float] = {
+        "input_rows": ingested.input_rows,
+        "items_kept": ingested.kept,
+        "items_published": published_items,
+        "items_quarantined": sum(r["count"] for r in refused),
+    }
+    figures.update({f"quarantined_{r['reason']}": r["count"] for r in sorted(refused, key=lambda r: r["reason"])})
+    log.info(
+        "run %s accounts for every row: %d input rows + %d kept = %d published + %d quarantined %s",
+        run_id, ingested.input_rows, ingested.kept, published_items, figures["items_quarantined"],
+        {k[len("quarantined_"):]: int(v) for k, v in figures.items() if k.startswith("quarantined_")},
+    )
+    return figures
+
+
 def refresh(
     spark: SparkSession,
     config: Mapping[str, Any],
@@ -294,6 +362,10 @@ def refresh(
         else:
             log.info("index: reusing the lists staged by an earlier attempt of run %s", run_id)
     with timer.stage("publish"):
+        accounting = account_for_rows(
+            spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
+            published_items=new_state(previous_embeddings, changes).count(),
+        )
         embeddings_merge = apply_changes(spark, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq)
         lists_merge = apply_changes(spark, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq)
         figures: dict[str, float] = {
@@ -308,15 +380,11 @@ def refresh(
         }
         if recomputed is not None:
             figures["lists_recomputed"] = recomputed
-        if ingested is not None:
-            figures.update(
-                input_rows=ingested.input_rows, items_ingested=ingested.ingested, photos_read=ingested.photos_read,
-                catalog_rows_changed=ingested.changed, catalog_rows_deleted=ingested.deleted,
-                items_quarantined=ingested.quarantined_total,
-            )
+        figures.update(accounting)
+        figures.update(items_ingested=ingested.ingested, photos_read=ingested.photos_read,
+                       catalog_rows_changed=ingested.changed, catalog_rows_deleted=ingested.deleted)
         if embedded is not None:
-            figures.update(photos_scored=embedded.photos_scored, items_embedded=embedded.embedded,
-                           items_quarantined_embed=sum(embedded.quarantined.values()))
+            figures.update(photos_scored=embedded.photos_scored, items_embedded=embedded.embedded)
         figures.update({f"seconds_{name}": round(s, 3) for name, s in timer.seconds.items()})
         record_run(spark, config, run_id=run_id, job="refresh", started_at=started, figures=figures,
                    model_version=manifest.version, run_seq=run_seq)
