@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop_cluster(cluster)
     for r in results:
-        print(f"{r.fault:14s} {'ok' if r.ok else 'FAILED':6s} clean {r.clean_seconds:6.1f} s  with fault {r.faulty_seconds:6.1f} s"
+        print(f"{r.fault:14s} {'ok' if r.ok else 'FAILED':6s} clean {r.clean_seconds:6.1f} s"
+              f"  with fault {r.faulty_seconds:6.1f} s"
               f"  failed tasks {r.failed_tasks}  differing photos {r.differing_photos}/{r.photos}"
               f"  max difference {r.max_difference:.1e}  [{r.injected}] {'; '.join(r.notes)}")
     if args.report:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_faults_while_embedding_leave_every_score_unchanged(photo_dir: Path, tmp_path: Path):
-    """Each fault really hits a running task (a failed attempt, or a stopped straggler overtaken) and all 240 scores stay equal."""
+    """Each fault hits a running task (a failed attempt, or a stopped straggler overtaken); all 240 scores stay equal."""
     report = tmp_path / "faults.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK")}
     result = subprocess.run(
