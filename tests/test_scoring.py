@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lookalike.model_store import read_scorer_bytes, save_bundle
-from lookalike.scoring import make_score_udf
+from lookalike.scoring import ARROW_MAX_BYTES_KEY, configure_arrow_batches, make_score_udf
 
 keras = pytest.importorskip("keras")
 from lookalike.models import build_classifier, build_scorer  # noqa: E402
@@ -51,3 +51,17 @@ def test_embeddings_do_not_depend_on_the_batch_size(spark, make_config, photo_su
             assert category == reference[name][0]
             assert abs(confidence - reference[name][1]) <= TOLERANCE
             assert np.abs(embedding - reference[name][2]).max() <= TOLERANCE
+
+
+def test_arrow_batches_are_bounded_by_tensor_rows_and_by_photo_bytes(spark, make_config):
+    """64 px float32 tensors: 682 rows per 32 MiB batch (not Spark's 10,000), and photo bytes capped at the same 32 MiB."""
+    config = make_config()
+    try:
+        rows = configure_arrow_batches(spark, config, image_size=64)
+        assert rows == 33554432 // (64 * 64 * 3 * 4) == 682
+        assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "682"
+        assert spark.conf.get(ARROW_MAX_BYTES_KEY) == str(config["embed"]["arrow_batch_bytes"]) == "33554432"
+        assert configure_arrow_batches(spark, config, image_size=32) == 1024  # embed.max_rows_per_batch
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+        spark.conf.unset(ARROW_MAX_BYTES_KEY)
