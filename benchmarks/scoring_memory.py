@@ -280,18 +280,6 @@ def load(profile: str, root: Path, overrides: list[str], conf_dir: Path) -> dict
     return load_config(profile, [f"storage.root={root}", "storage.metastore=in-memory", *overrides], conf_dir=conf_dir)
 
 
-def configured_batch_rows(config: dict[str, Any], image_size: int | None = None) -> int:
-    """Rows per Arrow batch exactly as ``score_images`` derives them."""
-    from lookalike.scoring import arrow_batch_rows
-
-    embed = config["embed"]
-    return arrow_batch_rows(
-        image_size=int(image_size or config["model"]["image_size"]),
-        target_bytes=int(embed["arrow_batch_bytes"]),
-        max_rows=int(embed["max_rows_per_batch"]),
-    )
-
-
 # --------------------------------------------------------------------------- prepare
 
 
@@ -382,11 +370,12 @@ def save_model(config: dict[str, Any], models_from: str | None) -> None:
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Stage ``prepare``: the model bundle and the two images tables. Returns what was written."""
+    from lookalike.scoring import configured_batch_rows
     from lookalike.session import build_spark
 
     work = Path(args.work)
     base = load(args.profile, work / "catalog", args.set, args.conf_dir)
-    rows = configured_batch_rows(base)
+    rows = configured_batch_rows(base, image_size=int(base["model"]["image_size"]))
     catalog_photos = sorted((Path(args.source_dir) / "images").glob("*.jpg"), key=lambda p: (p.stat().st_size, p.name))
     if not catalog_photos:
         raise SystemExit(f"no catalog photos in {Path(args.source_dir) / 'images'}")

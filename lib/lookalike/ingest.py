@@ -511,8 +511,10 @@ def _merge_rows(
     try:
         good = joined.where("reason IS NULL")
         bad = joined.where("reason IS NOT NULL")
-        by_reason = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
-        input_rows, ingested, photos_read = joined.count(), good.count(), photos.count()
+        # One pass for the accepted rows (reason null) and each reason; input_rows is counted apart, as a check.
+        by_reason = {r["reason"]: r["count"] for r in joined.groupBy("reason").count().collect()}
+        ingested = by_reason.pop(None, 0)
+        input_rows, photos_read = joined.count(), photos.count()
         refused_items = bad.where(F.col("item_id").isNotNull()).select("item_id").distinct()
         kept = refused_items.join(good.select("item_id"), "item_id", "left_anti").join(
             current.select("item_id"), "item_id", "left_semi"

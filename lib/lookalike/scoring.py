@@ -64,15 +64,20 @@ def configure_arrow_batches(spark: SparkSession, config: Mapping[str, Any], *, i
     too (Spark's own default, 256 MiB, is an internal setting). Measured in
     ``benchmarks/scoring_memory.py``: a worker's peak with 6000 x 4000 photos drops from 1.7 to 0.76 GiB.
     """
+    rows = configured_batch_rows(config, image_size=image_size)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
+    spark.conf.set(ARROW_MAX_BYTES_KEY, str(int(config["embed"]["arrow_batch_bytes"])))
+    return rows
+
+
+def configured_batch_rows(config: Mapping[str, Any], *, image_size: int) -> int:
+    """Rows per Arrow batch for ``image_size`` photos under the ``embed`` section of ``config``."""
     embed_conf = config["embed"]
-    rows = arrow_batch_rows(
+    return arrow_batch_rows(
         image_size=image_size,
         target_bytes=int(embed_conf["arrow_batch_bytes"]),
         max_rows=int(embed_conf["max_rows_per_batch"]),
     )
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
-    spark.conf.set(ARROW_MAX_BYTES_KEY, str(int(embed_conf["arrow_batch_bytes"])))
-    return rows
 
 
 def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: int) -> Callable[..., Column]:
