@@ -346,12 +346,12 @@ def write_images(spark: Any, config: dict[str, Any], photos: list[bytes], rows: 
     conform(frame, IMAGES).write.format("delta").mode("overwrite").save(table_path(config, IMAGES))
 
 
-def save_model(config: dict[str, Any], models_from: str | None) -> None:
+def save_model(spark: Any, config: dict[str, Any], models_from: str | None) -> None:
     """A model bundle in the config's model store: a copy of ``models_from``, or the configured architecture untrained."""
     from lookalike.model_store import model_root, save_bundle
 
     if models_from:
-        shutil.copytree(models_from, model_root(config), dirs_exist_ok=True)
+        shutil.copytree(models_from, model_root(config), dirs_exist_ok=True)  # the benchmark's store is local
         return
     from lookalike import models
 
@@ -365,7 +365,7 @@ def save_model(config: dict[str, Any], models_from: str | None) -> None:
     elif model["embedding"] != "classifier":
         raise SystemExit(f"model.embedding = {model['embedding']!r}: pass --models-from with a trained bundle")
     scorer = models.build_scorer(classifier, embedder)
-    save_bundle(config, scorer, classes=classes, embedding=str(model["embedding"]), metrics={"benchmark": "untrained"})
+    save_bundle(spark, config, scorer, classes=classes, embedding=str(model["embedding"]), metrics={"benchmark": "untrained"})
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,7 +383,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     large = [large_jpeg(6000, 4000, args.noise, seed) for seed in range(args.distinct)]
     spark = build_spark("lookalike-benchmark-scoring-memory-prepare", base, master=args.master)
     spark.sparkContext.setLogLevel("WARN")
-    save_model(load(args.profile, work / "model", args.set, args.conf_dir), args.models_from)
+    save_model(spark, load(args.profile, work / "model", args.set, args.conf_dir), args.models_from)
     write_images(spark, base, [largest.read_bytes()], rows)
     write_images(spark, load(args.profile, work / "large", args.set, args.conf_dir), large, args.photos or rows)
     spark.stop()
@@ -417,7 +417,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from pyspark.sql import functions as F
     from pyspark.storagelevel import StorageLevel
 
-    from lookalike.model_store import load_manifest, read_scorer_bytes
+    from lookalike.model_store import load_manifest, ship_scorer
     from lookalike.scoring import make_score_udf
     from lookalike.session import build_spark
     from lookalike.tables import read_table
@@ -427,8 +427,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     table = "large" if args.scenario.startswith("large") else "catalog"
     config = load(args.profile, work / table, args.set, args.conf_dir)
     model_config = load(args.profile, work / "model", args.set, args.conf_dir)
-    manifest = load_manifest(model_config)
     spark = build_spark(f"lookalike-benchmark-scoring-memory-{args.scenario}", config, master=args.master)
+    manifest = load_manifest(spark, model_config)
     spark.sparkContext.setLogLevel("ERROR")
     jvm = spark.sparkContext._jvm
     jvm_pid = int(jvm.java.lang.ProcessHandle.current().pid())
@@ -446,8 +446,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     images = read_table(spark, config, IMAGES)
     sizes = images.agg(F.count("*"), F.max("size_bytes"), F.avg("size_bytes")).first()
     n, largest, mean = int(sizes[0]), int(sizes[1]), float(sizes[2])
-    scorer_bytes = spark.sparkContext.broadcast(read_scorer_bytes(model_config, manifest))
-    score = make_score_udf(manifest, scorer_bytes, tf_threads=int(config["embed"]["tf_threads_per_task"]))
+    ship_scorer(spark, model_config, manifest)
+    score = make_score_udf(manifest, tf_threads=int(config["embed"]["tf_threads_per_task"]))
 
     sampler = MemorySampler(jvm_pid, lambda: memory_bean.getHeapMemoryUsage().getUsed(), int(args.ceiling_gib * GIB))
     sampler.start()
@@ -499,7 +499,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         **peaks_dict,
     }
     try:
-        scorer_bytes.destroy()
         spark.stop()
     except Exception:  # noqa: BLE001 -- the guard may have killed the JVM
         pass

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
+from lookalike import hadoop_fs
 from lookalike.cli import job_parser, start_job
 from lookalike.demo_catalog import build_demo_catalog
 from lookalike.pipeline import format_summary, run_pipeline
@@ -27,13 +29,18 @@ def main() -> None:
     spark, config, run_id = start_job("demo", args)
     source_dir = str(config["demo"]["source_dir"])
     config["catalog"]["image_root"] = source_dir
-    catalog_path = Path(storage_root(config)) / "demo" / "catalog.csv"
-    rows = build_demo_catalog(
-        source_dir, catalog_path, seed=int(config["demo"]["price_seed"]), in_stock_rate=float(config["demo"]["in_stock_rate"])
-    )
+    demo_folder = f"{storage_root(config)}/demo"
+    catalog_path = f"{demo_folder}/catalog.csv"
+    # The demo photos are a local folder, so the catalog is written locally, then copied to the store (any Hadoop path).
+    with tempfile.TemporaryDirectory(prefix="lookalike-demo-") as local:
+        rows = build_demo_catalog(
+            source_dir, Path(local) / "catalog.csv", seed=int(config["demo"]["price_seed"]),
+            in_stock_rate=float(config["demo"]["in_stock_rate"]),
+        )
+        hadoop_fs.write_bytes_atomically(spark, catalog_path, (Path(local) / "catalog.csv").read_bytes())
     log.info("demo catalog: %d items from %s (prices, stock and brands are SYNTHETIC)", rows, source_dir)
-    summary = run_pipeline(spark, config, catalog_path=str(catalog_path), run_id=run_id)
-    (catalog_path.parent / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = run_pipeline(spark, config, catalog_path=catalog_path, run_id=run_id)
+    hadoop_fs.write_bytes_atomically(spark, f"{demo_folder}/summary.json", json.dumps(summary, indent=2).encode("utf-8"))
     print(format_summary(summary), flush=True)
     spark.stop()
 

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,8 +42,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from lookalike.config import load_config
-from lookalike.model_store import read_scorer_bytes, save_bundle
+from lookalike.model_store import save_bundle, ship_scorer
 from lookalike.scoring import make_score_udf
+from standalone_cluster import descendants, processes, start_cluster, stop_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +53,7 @@ CLASSES = ["Bags", "Shoes", "Topwear"]
 PARTITIONS = 2  # one scoring task per core (local) or per single-core executor (cluster)
 TOLERANCE = 1e-6
 BUSY_CPU_SECONDS = 1.5  # CPU a Python worker has used in this job before it counts as mid-task
-CLUSTER_HOSTS = ("127.0.0.2", "127.0.0.3")
-MASTER_PORT = 7177
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MASTER_PORT = 7177  # not 7077: scripts/cluster_check.py's cluster may be up at the same time
 
 
 @dataclass
@@ -75,39 +73,11 @@ class FaultResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command line, CPU seconds) for every process, read from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
-        table[int(entry)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
-    return table
-
-
-def _descendants(table: dict[int, tuple[int, str, float]], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
 def python_workers() -> dict[int, float]:
     """Python workers (children of a ``pyspark.daemon``) started under this process: pid -> CPU seconds."""
-    table = _processes()
+    table = processes()
     return {
-        pid: cpu for pid in _descendants(table, os.getpid())
+        pid: cpu for pid in descendants(table, os.getpid())
         for parent, _, cpu in [table[pid]]
         if parent in table and "pyspark.daemon" in table[parent][1]
     }
@@ -115,7 +85,7 @@ def python_workers() -> dict[int, float]:
 
 def executor_of(worker: int) -> int | None:
     """The executor JVM a Python worker runs under, if any (none in local mode)."""
-    table = _processes()
+    table = processes()
     pid = worker
     while pid in table and pid != os.getpid():
         if "CoarseGrainedExecutorBackend" in table[pid][1]:
@@ -130,42 +100,6 @@ def busiest_worker(before: dict[int, float]) -> int | None:
     if not now:
         return None
     return max(now, key=lambda pid: now[pid] - before.get(pid, 0.0))
-
-
-def start_cluster(work: Path) -> list[subprocess.Popen]:
-    """A standalone master and two one-core workers, each worker on its own loopback address."""
-    import pyspark
-
-    home = Path(pyspark.__file__).parent
-    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOG_DIR": str(work / "logs"), "SPARK_WORKER_DIR": str(work / "workers")}
-    spark_class = str(home / "bin" / "spark-class")
-    master = subprocess.Popen(
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(MASTER_PORT),
-         "--webui-port", "0"], env=env, stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT,
-    )
-    processes = [master]
-    time.sleep(5)
-    for number, host in enumerate(CLUSTER_HOSTS):
-        processes.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host, "--cores", "1", "--memory", "2g",
-             "--webui-port", "0", "--work-dir", str(work / "workers"), f"spark://127.0.0.1:{MASTER_PORT}"],
-            env=env, stdout=open(work / f"worker-{number}.log", "w"), stderr=subprocess.STDOUT,
-        ))
-    time.sleep(5)
-    return processes
-
-
-def stop_cluster(processes: list[subprocess.Popen]) -> None:
-    """Stop the workers, then the master, and everything they started."""
-    table = _processes()
-    for process in reversed(processes):
-        for pid in _descendants(table, process.pid) | {process.pid}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.wait()
 
 
 @contextmanager
@@ -188,10 +122,10 @@ def spark_app(master: str, name: str, extra: dict[str, str]) -> Iterator[SparkSe
         SparkSession._instantiatedSession = None  # the next application starts from a clean builder
 
 
-def score(spark: SparkSession, photos: list[tuple[str, bytes]], scorer: bytes, manifest) -> tuple[dict, float, int]:
+def score(spark: SparkSession, photos: list[tuple[str, bytes]], config: dict, manifest) -> tuple[dict, float, int]:
     """Score every photo; (name -> (category, confidence, embedding), seconds, failed task attempts + stage retries)."""
-    broadcast = spark.sparkContext.broadcast(scorer)
-    udf = make_score_udf(manifest, broadcast, tf_threads=1)
+    ship_scorer(spark, config, manifest)
+    udf = make_score_udf(manifest, tf_threads=1)
     frame: DataFrame = spark.createDataFrame(photos, "name string, content binary")
     group = f"score-{time.monotonic_ns()}"
     spark.sparkContext.setJobGroup(group, "embedding under a fault")
@@ -210,7 +144,6 @@ def score(spark: SparkSession, photos: list[tuple[str, bytes]], scorer: bytes, m
         for stage in info.stageIds if info else []:
             stage_info = tracker.getStageInfo(stage)
             failed += (stage_info.numFailedTasks + stage_info.currentAttemptId) if stage_info else 0
-    broadcast.destroy()
     return {r["name"]: (r["predicted_category"], r["confidence"], np.array(r["embedding"])) for r in rows}, seconds, failed
 
 
@@ -265,11 +198,11 @@ def inject(fault: str, stall: float, done: threading.Event, result: FaultResult)
             pass  # Spark killed the straggler once its copy won
 
 
-def run_fault(fault: str, master: str, extra: dict[str, str], photos: list[tuple[str, bytes]], scorer: bytes,
+def run_fault(fault: str, master: str, extra: dict[str, str], photos: list[tuple[str, bytes]], config: dict,
               manifest, stall: float) -> FaultResult:
     """Clean run, then the same run with the fault; compare."""
     with spark_app(master, f"clean-{fault}", extra) as spark:
-        clean, clean_seconds, _ = score(spark, photos, scorer, manifest)
+        clean, clean_seconds, _ = score(spark, photos, config, manifest)
     result = FaultResult(fault=fault, master=master, photos=len(photos), clean_seconds=round(clean_seconds, 1),
                          faulty_seconds=0.0)
     with spark_app(master, f"{fault}-fault", extra) as spark:
@@ -277,7 +210,7 @@ def run_fault(fault: str, master: str, extra: dict[str, str], photos: list[tuple
         injector = threading.Thread(target=inject, args=(fault, stall, done, result), daemon=True)
         injector.start()
         try:
-            faulty, faulty_seconds, failed = score(spark, photos, scorer, manifest)
+            faulty, faulty_seconds, failed = score(spark, photos, config, manifest)
         finally:
             done.set()
             injector.join()
@@ -319,15 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         config = load_config("test", [f"storage.root={work / 'store'}"], conf_dir=REPO / "conf")
         classifier = build_classifier(num_classes=len(CLASSES), image_size=32, embedding_dim=16, seed=3)
-        manifest = save_bundle(config, build_scorer(classifier), classes=CLASSES, embedding="classifier", metrics={})
-        scorer = read_scorer_bytes(config, manifest)
+        with spark_app("local[1]", "save-model", {}) as spark:
+            manifest = save_bundle(spark, config, build_scorer(classifier), classes=CLASSES, embedding="classifier", metrics={})
         if "python-worker" in args.faults:
-            results.append(run_fault("python-worker", "local[2,4]", {}, photos, scorer, manifest, args.stall))
+            results.append(run_fault("python-worker", "local[2,4]", {}, photos, config, manifest, args.stall))
         cluster_faults = [f for f in args.faults if f != "python-worker"]
         if cluster_faults:
-            cluster = start_cluster(work)
+            cluster = start_cluster(work, port=MASTER_PORT)
             try:
-                master = f"spark://127.0.0.1:{MASTER_PORT}"
+                master = cluster.url
                 common = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.task.maxFailures": "4"}
                 speculation = {
                     "spark.speculation": "true", "spark.speculation.interval": "200ms",
@@ -336,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for fault in cluster_faults:
                     extra = {**common, **(speculation if fault == "speculation" else {})}
-                    results.append(run_fault(fault, master, extra, photos, scorer, manifest, args.stall))
+                    results.append(run_fault(fault, master, extra, photos, config, manifest, args.stall))
             finally:
                 stop_cluster(cluster)
     for r in results:

@@ -181,7 +181,7 @@ def test_query_by_item_and_by_image(spark, pipeline_run, photo_subset: Path):
 
     photo = (photo_subset / first["image_uri"]).read_bytes()
     predicted, confidence, _ = lookalikes_of_image(spark, config, photo, k=2)
-    assert predicted in load_manifest(config).classes and 0.0 < confidence <= 1.0
+    assert predicted in load_manifest(spark, config).classes and 0.0 < confidence <= 1.0
     _, _, by_image = lookalikes_of_image(spark, config, photo, k=2, category=first["category"])
     top = by_image.select("item_id", "score").toPandas()
     assert set(top["item_id"]) == {first["item_id"], TWIN_ID}
@@ -211,8 +211,8 @@ def test_query_parameters_are_values_never_sql(spark, pipeline_run, photo_subset
 def test_model_bundle_records_its_metrics(spark, pipeline_run):
     """The trained bundle has held-out accuracy, per-class accuracy and a confusion matrix that add up."""
     config, summary, *_ = pipeline_run
-    manifest = load_manifest(config)
-    metrics = load_metrics(config)
+    manifest = load_manifest(spark, config)
+    metrics = load_metrics(spark, config)
     matrix = np.array(metrics["classifier"]["confusion_matrix"]["rows_true_columns_predicted"])
     assert matrix.shape == (len(manifest.classes), len(manifest.classes))
     assert matrix.sum() == metrics["classifier"]["holdout_items"] > 0

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,13 +54,14 @@ def config(make_config):
     return make_config()
 
 
-def test_save_bundle_writes_manifest_metrics_and_latest(config):
+def test_save_bundle_writes_manifest_metrics_and_latest(spark, config):
     """A saved bundle has the scorer file with the recorded hash, its manifest and metrics, and LATEST names it."""
     metrics = {"holdout_accuracy": 0.5, "classes": 3}
-    manifest = save_bundle(config, tiny_scorer(0), classes=CLASSES, embedding="classifier", metrics=metrics)
-    root = model_root(config)
+    manifest = save_bundle(spark, config, tiny_scorer(0), classes=CLASSES, embedding="classifier", metrics=metrics)
+    root = Path(model_root(config))
     folder = root / manifest.version
-    digest = hashlib.sha256((folder / SCORER_FILE).read_bytes()).hexdigest()
+    assert manifest.scorer_file == f"{manifest.version}.keras"
+    digest = hashlib.sha256((folder / manifest.scorer_file).read_bytes()).hexdigest()
 
     assert manifest.scorer_sha256 == digest
     assert manifest.version.endswith("-" + digest[:8])
@@ -67,68 +69,71 @@ def test_save_bundle_writes_manifest_metrics_and_latest(config):
         IMAGE_SIZE, EMBEDDING_DIM, CLASSES, "classifier"
     )
     assert json.loads((folder / "manifest.json").read_text()) == dataclasses.asdict(manifest)
-    assert load_metrics(config) == metrics
+    assert load_metrics(spark, config) == metrics
     assert (root / "LATEST").read_text().strip() == manifest.version
     assert sorted(p.name for p in root.iterdir()) == sorted(["LATEST", manifest.version])  # no staging left behind
+    assert sorted(p.name for p in folder.iterdir()) == sorted([manifest.scorer_file, "manifest.json", "metrics.json"])
 
 
-def test_latest_moves_and_old_versions_stay_loadable(config):
+def test_latest_moves_and_old_versions_stay_loadable(spark, config):
     """A second save moves LATEST; the first version still resolves and loads by name."""
-    first = save_bundle(config, tiny_scorer(1), classes=CLASSES, embedding="classifier", metrics={"run": 1})
+    first = save_bundle(spark, config, tiny_scorer(1), classes=CLASSES, embedding="classifier", metrics={"run": 1})
     time.sleep(1.1)  # versions are stamped to the second
-    second = save_bundle(config, tiny_scorer(2), classes=CLASSES[:2] + ["Watches"], embedding="classifier", metrics={"run": 2})
+    second = save_bundle(
+        spark, config, tiny_scorer(2), classes=CLASSES[:2] + ["Watches"], embedding="classifier", metrics={"run": 2}
+    )
 
     assert first.version != second.version
     assert second.version > first.version  # versions sort by time
-    assert resolve_version(config) == second.version
-    assert resolve_version(config, first.version) == first.version
-    assert load_manifest(config) == second
-    assert load_manifest(config, first.version) == first
-    assert load_metrics(config, first.version) == {"run": 1}
-    assert load_metrics(config) == {"run": 2}
+    assert resolve_version(spark, config) == second.version
+    assert resolve_version(spark, config, first.version) == first.version
+    assert load_manifest(spark, config) == second
+    assert load_manifest(spark, config, first.version) == first
+    assert load_metrics(spark, config, first.version) == {"run": 1}
+    assert load_metrics(spark, config) == {"run": 2}
 
 
-def test_no_model_yet_raises(config):
+def test_no_model_yet_raises(spark, config):
     """Asking for the latest model before any was saved raises FileNotFoundError."""
     with pytest.raises(FileNotFoundError):
-        resolve_version(config)
+        resolve_version(spark, config)
     with pytest.raises(FileNotFoundError):
-        load_manifest(config)
+        load_manifest(spark, config)
 
 
-def test_unknown_version_raises(config):
+def test_unknown_version_raises(spark, config):
     """A version that was never saved raises FileNotFoundError naming it, even when others exist."""
-    save_bundle(config, tiny_scorer(3), classes=CLASSES, embedding="classifier", metrics={})
+    save_bundle(spark, config, tiny_scorer(3), classes=CLASSES, embedding="classifier", metrics={})
     with pytest.raises(FileNotFoundError, match="20000101T000000Z-deadbeef"):
-        resolve_version(config, "20000101T000000Z-deadbeef")
+        resolve_version(spark, config, "20000101T000000Z-deadbeef")
     with pytest.raises(FileNotFoundError):
-        load_manifest(config, "20000101T000000Z-deadbeef")
+        load_manifest(spark, config, "20000101T000000Z-deadbeef")
 
 
-def test_read_scorer_bytes_detects_tampering(config):
+def test_read_scorer_bytes_detects_tampering(spark, config):
     """The untouched file reads back; a file changed by one byte (or replaced) raises ValueError."""
-    manifest = save_bundle(config, tiny_scorer(4), classes=CLASSES, embedding="classifier", metrics={})
-    path = model_root(config) / manifest.version / SCORER_FILE
+    manifest = save_bundle(spark, config, tiny_scorer(4), classes=CLASSES, embedding="classifier", metrics={})
+    path = Path(model_root(config)) / manifest.version / manifest.scorer_file
     original = path.read_bytes()
-    assert read_scorer_bytes(config, manifest) == original
+    assert read_scorer_bytes(spark, config, manifest) == original
 
     flipped = bytearray(original)
     flipped[len(flipped) // 2] ^= 0xFF
     path.write_bytes(bytes(flipped))
     with pytest.raises(ValueError, match=manifest.version):
-        read_scorer_bytes(config, manifest)
+        read_scorer_bytes(spark, config, manifest)
 
     path.write_bytes(original + b"\0")
     with pytest.raises(ValueError):
-        read_scorer_bytes(config, manifest)
+        read_scorer_bytes(spark, config, manifest)
 
 
 @pytest.mark.parametrize("standardise", [False, True])
-def test_scorer_round_trips_through_bytes(config, standardise):
+def test_scorer_round_trips_through_bytes(spark, config, standardise):
     """The scorer loaded from its saved bytes predicts what the original predicts, in safe mode."""
     scorer = tiny_scorer(5, standardise=standardise)
-    manifest = save_bundle(config, scorer, classes=CLASSES, embedding="classifier", metrics={})
-    loaded = load_scorer_from_bytes(read_scorer_bytes(config, manifest))
+    manifest = save_bundle(spark, config, scorer, classes=CLASSES, embedding="classifier", metrics={})
+    loaded = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
 
     x = pixels()
     before = scorer(x, training=False)
@@ -143,28 +148,53 @@ def test_scorer_round_trips_through_bytes(config, standardise):
     assert np.allclose(np.linalg.norm(np.asarray(after["embedding"]), axis=1), 1.0, atol=1e-5)
 
 
-def test_loaded_scorer_differs_from_another_model(config):
+def test_loaded_scorer_differs_from_another_model(spark, config):
     """Round-trip equality is not vacuous: a differently seeded model predicts differently."""
-    manifest = save_bundle(config, tiny_scorer(6), classes=CLASSES, embedding="classifier", metrics={})
-    loaded = load_scorer_from_bytes(read_scorer_bytes(config, manifest))
+    manifest = save_bundle(spark, config, tiny_scorer(6), classes=CLASSES, embedding="classifier", metrics={})
+    loaded = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
     other = tiny_scorer(7)
     x = pixels(seed=1)
     assert not np.allclose(np.asarray(loaded(x, training=False)["embedding"]), np.asarray(other(x, training=False)["embedding"]))
 
 
-def test_model_store_refuses_remote_storage_root(make_config):
-    """Keras saves to local files, so a storage root with a URI scheme is refused with ValueError."""
-    config = make_config("storage.root=hdfs://namenode:8020/lookalike")
-    with pytest.raises(ValueError, match="hdfs://namenode:8020/lookalike"):
-        model_root(config)
+def test_model_store_lives_at_any_hadoop_path(spark, make_config, tmp_path):
+    """With storage.root a file: URI the store is written and read through Hadoop's FileSystem: save, LATEST, load."""
+    config = make_config(f"storage.root=file://{tmp_path}/uri-store")
+    assert model_root(config) == f"file://{tmp_path}/uri-store/models"
+    manifest = save_bundle(spark, config, tiny_scorer(9), classes=CLASSES, embedding="classifier", metrics={"m": 1})
+    folder = tmp_path / "uri-store" / "models" / manifest.version
+    assert sorted(p.name for p in folder.iterdir()) == sorted([manifest.scorer_file, "manifest.json", "metrics.json"])
+    assert load_manifest(spark, config) == manifest and load_metrics(spark, config) == {"m": 1}
+    assert read_scorer_bytes(spark, config, manifest) == (folder / manifest.scorer_file).read_bytes()
+
+
+def test_bundle_saved_before_scorer_files_carried_the_version_still_loads(spark, config):
+    """A manifest without scorer_file (older stores) means scorer.keras, and loads and checks as before."""
+    manifest = save_bundle(spark, config, tiny_scorer(10), classes=CLASSES, embedding="classifier", metrics={})
+    folder = Path(model_root(config)) / manifest.version
+    (folder / manifest.scorer_file).rename(folder / SCORER_FILE)
+    old = {k: v for k, v in dataclasses.asdict(manifest).items() if k != "scorer_file"}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    loaded = load_manifest(spark, config)
+    assert loaded == dataclasses.replace(manifest, scorer_file=SCORER_FILE)
+    assert hashlib.sha256(read_scorer_bytes(spark, config, loaded)).hexdigest() == manifest.scorer_sha256
+
+
+def test_manifest_naming_a_path_as_scorer_file_is_refused(spark, config):
+    """A manifest whose scorer_file leads out of its folder is refused before anything is read."""
+    manifest = save_bundle(spark, config, tiny_scorer(11), classes=CLASSES, embedding="classifier", metrics={})
+    folder = Path(model_root(config)) / manifest.version
+    (folder / "manifest.json").write_text(json.dumps({**dataclasses.asdict(manifest), "scorer_file": "../../x.keras"}))
+    with pytest.raises(ValueError, match="not a file name"):
+        load_manifest(spark, config)
 
 
 @pytest.mark.parametrize("version", ["../../etc", "/tmp/elsewhere", "..", "a/b"])
-def test_version_that_is_a_path_is_refused(config, version):
+def test_version_that_is_a_path_is_refused(spark, config, version):
     """A model version names a folder of the store; a path leading anywhere else is refused with ValueError."""
-    save_bundle(config, tiny_scorer(8), classes=CLASSES, embedding="classifier", metrics={})
+    save_bundle(spark, config, tiny_scorer(8), classes=CLASSES, embedding="classifier", metrics={})
     with pytest.raises(ValueError, match="not a version name"):
-        load_manifest(config, version)
+        load_manifest(spark, config, version)
 
 
 def keras_file_bytes(model, tmp_path) -> bytes:

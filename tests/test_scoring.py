@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.model_store import read_scorer_bytes, save_bundle
+from lookalike.model_store import save_bundle, ship_scorer
 from lookalike.scoring import ARROW_MAX_BYTES_KEY, configure_arrow_batches, make_score_udf
 
 keras = pytest.importorskip("keras")
@@ -30,16 +30,15 @@ def test_embeddings_do_not_depend_on_the_batch_size(spark, make_config, photo_su
     """Batches of 1, 64 and the configured maximum give the same categories and, within 1e-5, the same outputs."""
     config = make_config()
     classifier = build_classifier(num_classes=len(CLASSES), image_size=32, embedding_dim=16, seed=3)
-    manifest = save_bundle(config, build_scorer(classifier), classes=CLASSES, embedding="classifier", metrics={})
-    scorer_bytes = spark.sparkContext.broadcast(read_scorer_bytes(config, manifest))
-    udf = make_score_udf(manifest, scorer_bytes, tf_threads=1)
+    manifest = save_bundle(spark, config, build_scorer(classifier), classes=CLASSES, embedding="classifier", metrics={})
+    ship_scorer(spark, config, manifest)
+    udf = make_score_udf(manifest, tf_threads=1)
     paths = sorted((photo_subset / "images").glob("*.jpg"))[:PHOTOS]
     photos = spark.createDataFrame([(p.name, p.read_bytes()) for p in paths], "name string, content binary")
     try:
         results = {rows: score_with_batch_rows(spark, udf, photos, rows) for rows in (1, 64, MAX_BATCH_ROWS)}
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
-        scorer_bytes.destroy()
 
     reference = results[MAX_BATCH_ROWS]
     assert len(reference) == PHOTOS
@@ -65,3 +64,24 @@ def test_arrow_batches_are_bounded_by_tensor_rows_and_by_photo_bytes(spark, make
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
         spark.conf.unset(ARROW_MAX_BYTES_KEY)
+
+
+def test_executors_load_the_scorer_from_the_shipped_file_and_check_its_hash(spark, make_config, photo_subset: Path):
+    """The scorer reaches executors as a SparkFiles file (not a broadcast); a hash that does not match fails the task."""
+    import dataclasses
+
+    from pyspark.errors import PythonException
+
+    config = make_config()
+    classifier = build_classifier(num_classes=len(CLASSES), image_size=32, embedding_dim=16, seed=4)
+    manifest = save_bundle(spark, config, build_scorer(classifier), classes=CLASSES, embedding="classifier", metrics={})
+    ship_scorer(spark, config, manifest)
+    assert any(uri.endswith(f"/{manifest.version}/{manifest.scorer_file}") for uri in spark.sparkContext.listFiles)
+    photo = sorted((photo_subset / "images").glob("*.jpg"))[0]
+    frame = spark.createDataFrame([(photo.read_bytes(),)], "content binary")
+    scored = frame.select(make_score_udf(manifest, tf_threads=1)("content").alias("o")).first()["o"]
+    assert scored["predicted_category"] in CLASSES and len(scored["embedding"]) == 16
+
+    tampered = dataclasses.replace(manifest, version=manifest.version + "-tampered", scorer_sha256="0" * 64)
+    with pytest.raises(PythonException, match="does not match the recorded 000000000000"):
+        frame.select(make_score_udf(tampered, tf_threads=1)("content")).collect()

@@ -1,24 +1,30 @@
-"""Versioned model bundles on disk: the scorer, its manifest (classes, hashes) and its metrics.
+"""Versioned model bundles in the model store: the scorer, its manifest (classes, hashes) and its metrics.
 
-Layout: ``<storage.root>/models/<version>/{scorer.keras, manifest.json, metrics.json}`` and
-``<storage.root>/models/LATEST`` naming the newest version.
+Layout: ``<storage.root>/models/<version>/{<version>.keras, manifest.json, metrics.json}`` and
+``<storage.root>/models/LATEST`` naming the newest version. The store is any Hadoop path (local,
+HDFS, S3, ABFS), read and written from the driver through ``lookalike.hadoop_fs``. Executors get
+the scorer file from the store with ``SparkContext.addFile`` (``ship_scorer``), never from the
+driver's memory. Bundles saved before the file was named by version hold ``scorer.keras``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from lookalike.tables import has_scheme, storage_root
+from pyspark.sql import SparkSession
 
-SCORER_FILE = "scorer.keras"
+from lookalike import hadoop_fs
+from lookalike.tables import storage_root
+
+SCORER_FILE = "scorer.keras"  # the file name of bundles saved before it carried the version
 
 
 @dataclass(frozen=True)
@@ -32,33 +38,22 @@ class ModelManifest:
     embedding_dim: int
     classes: list[str]
     scorer_sha256: str
+    # Unique per version: executors receive it by name through SparkFiles, where names must not clash.
+    scorer_file: str = SCORER_FILE
 
 
-def model_root(config: Mapping[str, Any]) -> Path:
-    """Folder of the model store (a local or mounted path; Keras saves to local files)."""
-    root = storage_root(config)
-    if has_scheme(root):
-        raise ValueError(f"the model store must be a local or mounted path, not {root!r}")
-    return Path(root) / "models"
+def model_root(config: Mapping[str, Any]) -> str:
+    """The model store: ``<storage.root>/models``, any Hadoop path."""
+    return f"{storage_root(config)}/models"
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+def scorer_uri(config: Mapping[str, Any], manifest: ModelManifest) -> str:
+    """Where a bundle's scorer file lives in the model store."""
+    return f"{model_root(config)}/{manifest.version}/{manifest.scorer_file}"
 
 
 def save_bundle(
+    spark: SparkSession,
     config: Mapping[str, Any],
     scorer: Any,
     *,
@@ -74,33 +69,48 @@ def save_bundle(
         The saved bundle's manifest. The version is the UTC time plus the scorer's hash prefix.
     """
     root = model_root(config)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
-    scorer.save(staging / SCORER_FILE)
-    sha = file_sha256(staging / SCORER_FILE)
-    now = datetime.now(timezone.utc)
-    version = f"{now:%Y%m%dT%H%M%SZ}-{sha[:8]}"
-    manifest = ModelManifest(
-        version=version,
-        created_at=now.isoformat(),
-        image_size=int(scorer.input_shape[1]),
-        embedding=embedding,
-        embedding_dim=int(scorer.output["embedding"].shape[-1]) if isinstance(scorer.output, dict) else 0,
-        classes=list(classes),
-        scorer_sha256=sha,
-    )
-    (staging / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    # A bundle appears whole or not at all: rename the finished folder into place, then move LATEST.
-    os.replace(staging, root / version)
-    _write_atomically(root / "LATEST", version + "\n")
+    # Keras writes only to local files: the bundle is assembled in a local temporary folder, then uploaded.
+    with tempfile.TemporaryDirectory(prefix="lookalike-bundle-") as local:
+        folder = Path(local)
+        scorer.save(folder / SCORER_FILE)
+        sha = file_sha256(folder / SCORER_FILE)
+        now = datetime.now(timezone.utc)
+        version = f"{now:%Y%m%dT%H%M%SZ}-{sha[:8]}"
+        (folder / SCORER_FILE).rename(folder / f"{version}.keras")
+        manifest = ModelManifest(
+            version=version,
+            created_at=now.isoformat(),
+            image_size=int(scorer.input_shape[1]),
+            embedding=embedding,
+            embedding_dim=int(scorer.output["embedding"].shape[-1]) if isinstance(scorer.output, dict) else 0,
+            classes=list(classes),
+            scorer_sha256=sha,
+            scorer_file=f"{version}.keras",
+        )
+        (folder / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        # A bundle appears whole or not at all: upload under a hidden name, rename it into place, then move LATEST.
+        staging = f"{root}/.staging-{uuid.uuid4().hex}"
+        hadoop_fs.make_folders(spark, root)
+        hadoop_fs.upload_folder(spark, str(folder), staging)
+    hadoop_fs.rename(spark, staging, f"{root}/{version}")
+    hadoop_fs.write_bytes_atomically(spark, f"{root}/LATEST", (version + "\n").encode("utf-8"))
     return manifest
 
 
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a local file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def resolve_version(config: Mapping[str, Any], version: str | None = None) -> str:
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def resolve_version(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> str:
     """The given version, else the one LATEST names.
 
     Raises
@@ -112,45 +122,71 @@ def resolve_version(config: Mapping[str, Any], version: str | None = None) -> st
     """
     root = model_root(config)
     if not version:
-        latest = root / "LATEST"
-        if not latest.is_file():
-            raise FileNotFoundError(f"no trained model in {root}: run the train job first")
-        version = latest.read_text(encoding="utf-8").strip()
-    if not _VERSION.match(version):
+        try:
+            version = hadoop_fs.read_bytes(spark, f"{root}/LATEST").decode("utf-8").strip()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no trained model in {root}: run the train job first") from None
+    if not _NAME.match(version):
         # A version names a folder of the model store; nothing else may be loaded.
         raise ValueError(f"model version {version!r} is not a version name (e.g. 20261121T131600Z-d69b51b6)")
-    if not (root / version / "manifest.json").is_file():
+    if not hadoop_fs.is_file(spark, f"{root}/{version}/manifest.json"):
         raise FileNotFoundError(f"model version {version!r} not found in {root}")
     return version
 
 
-def load_manifest(config: Mapping[str, Any], version: str | None = None) -> ModelManifest:
-    """Read a bundle's manifest (default: LATEST)."""
-    folder = model_root(config) / resolve_version(config, version)
-    return ModelManifest(**json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+def _read_json(spark: SparkSession, uri: str) -> Any:
+    return json.loads(hadoop_fs.read_bytes(spark, uri).decode("utf-8"))
 
 
-def load_metrics(config: Mapping[str, Any], version: str | None = None) -> dict[str, Any]:
-    """Read a bundle's metrics (default: LATEST)."""
-    folder = model_root(config) / resolve_version(config, version)
-    return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-
-
-def read_scorer_bytes(config: Mapping[str, Any], manifest: ModelManifest) -> bytes:
-    """The scorer file's bytes, checked against the hash recorded when it was saved.
+def load_manifest(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> ModelManifest:
+    """Read a bundle's manifest (default: LATEST).
 
     Raises
     ------
     ValueError
-        If the file on disk is not the one that was saved.
+        If the manifest names a scorer file that is not a plain file name.
     """
-    content = (model_root(config) / manifest.version / SCORER_FILE).read_bytes()
+    version = resolve_version(spark, config, version)
+    manifest = ModelManifest(**_read_json(spark, f"{model_root(config)}/{version}/manifest.json"))
+    if not _NAME.match(manifest.scorer_file):
+        raise ValueError(f"model {version}: scorer file {manifest.scorer_file!r} is not a file name")
+    return manifest
+
+
+def load_metrics(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> dict[str, Any]:
+    """Read a bundle's metrics (default: LATEST)."""
+    return _read_json(spark, f"{model_root(config)}/{resolve_version(spark, config, version)}/metrics.json")
+
+
+def check_scorer_bytes(content: bytes, manifest: ModelManifest) -> bytes:
+    """The scorer file's bytes, if they have the hash recorded when it was saved.
+
+    Raises
+    ------
+    ValueError
+        If the file is not the one that was saved.
+    """
     actual = hashlib.sha256(content).hexdigest()
     if actual != manifest.scorer_sha256:
         raise ValueError(
             f"model {manifest.version}: scorer hash {actual[:12]} does not match the recorded {manifest.scorer_sha256[:12]}"
         )
     return content
+
+
+def read_scorer_bytes(spark: SparkSession, config: Mapping[str, Any], manifest: ModelManifest) -> bytes:
+    """The scorer file's bytes, read on the driver and checked against the recorded hash (see ``check_scorer_bytes``)."""
+    return check_scorer_bytes(hadoop_fs.read_bytes(spark, scorer_uri(config, manifest)), manifest)
+
+
+def ship_scorer(spark: SparkSession, config: Mapping[str, Any], manifest: ModelManifest) -> None:
+    """Make the scorer file available to every executor as ``SparkFiles.get(manifest.scorer_file)``.
+
+    Executors fetch it themselves: from the store for a Hadoop URI (HDFS, S3, ...), from the
+    driver's file server (streamed from disk) for a local path. Adding the same file twice is a no-op.
+    """
+    # Qualified, so that a plain path means what it means for the tables (the default filesystem).
+    spark.sparkContext.addFile(hadoop_fs.qualified(spark, scorer_uri(config, manifest)))
 
 
 def load_scorer_from_bytes(content: bytes) -> Any:

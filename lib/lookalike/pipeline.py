@@ -48,7 +48,7 @@ def run_pipeline(
     with timer.stage("evaluate"):
         quality = list_quality(spark, config, k=10)
     model_version = result.publication.model_version
-    metrics = load_metrics(config, model_version)
+    metrics = load_metrics(spark, config, model_version)
     figures = result.figures
     quarantined = {name[len("quarantined_"):]: int(n) for name, n in figures.items() if name.startswith("quarantined_")}
     summary: dict[str, Any] = {

@@ -85,8 +85,8 @@ def lookalikes_of_image(
     (str, float, DataFrame)
         Predicted category, its confidence, and the ranked look-alikes.
     """
-    manifest = load_manifest(config, model_version)
-    scorer = load_scorer_from_bytes(read_scorer_bytes(config, manifest))
+    manifest = load_manifest(spark, config, model_version)
+    scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
     pixels = decode_image(image, manifest.image_size)[np.newaxis].astype(np.float32)
     out = scorer(pixels, training=False)
     probabilities = np.asarray(out["probabilities"])[0]

@@ -22,6 +22,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from lookalike import hadoop_fs
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
@@ -180,12 +181,6 @@ def _staged(spark: SparkSession, path: str) -> DataFrame | None:
     return spark.read.format("delta").load(path) if DeltaTable.isDeltaTable(spark, path) else None
 
 
-def _delete_folder(spark: SparkSession, path: str) -> None:
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
-
-
 def new_state(previous: DataFrame, changes: DataFrame) -> DataFrame:
     """The embeddings after applying staged changes to the previous ones."""
     kept = previous.join(changes.select("item_id"), "item_id", "left_anti")
@@ -302,7 +297,7 @@ def refresh(
         with timer.stage("prepare"):
             for table in ALL_TABLES:
                 ensure_table(spark, config, table)
-            model = "trained by this run" if train else load_manifest(config, model_version).version
+            model = "trained by this run" if train else load_manifest(spark, config, model_version).version
             # Read and listed once: the fingerprint and ingest both need them.
             catalog_input = read_catalog_input(spark, config, catalog_path, file_format=file_format)
             fingerprint, description = input_fingerprint(spark, config, catalog_path, listing=catalog_input.listing, model=model)
@@ -313,7 +308,7 @@ def refresh(
             )
         if done:
             # A run killed between committing its pointer row and deleting its staging folder left the folder behind.
-            _delete_folder(spark, staging_path(config, run_id))
+            hadoop_fs.delete(spark, staging_path(config, run_id))
             log.info("run %s is already published with this input: nothing to do", run_id)
             return RefreshResult(run_id=run_id, run_seq=run_seq, status="already published", publication=publication)
         with timer.stage("ingest"):
@@ -331,7 +326,7 @@ def refresh(
         with timer.stage("train"):
             manifest, _ = train_models(spark, config)
     else:
-        manifest = load_manifest(config, model_version)
+        manifest = load_manifest(spark, config, model_version)
 
     catalog_version = table_version(spark, config, CATALOG)
     previous_embeddings = published_table(spark, config, EMBEDDINGS, publication)
@@ -394,7 +389,7 @@ def refresh(
         )
     register_tables(spark, config)
     register_published_views(spark, config, published)
-    _delete_folder(spark, staging)
+    hadoop_fs.delete(spark, staging)
     log.info("refresh %s published: %s", run_id, {k: v for k, v in figures.items() if not k.startswith("seconds_")})
     return RefreshResult(
         run_id=run_id, run_seq=run_seq, status="published", publication=published, figures=figures,

@@ -15,7 +15,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.storagelevel import StorageLevel
 
 from lookalike.images import decode_batch
-from lookalike.model_store import ModelManifest, load_scorer_from_bytes, read_scorer_bytes
+from lookalike.model_store import ModelManifest, check_scorer_bytes, load_scorer_from_bytes, ship_scorer
 from lookalike.tables import append_quarantine, read_table
 from schemas import EMBEDDINGS, IMAGES
 
@@ -30,17 +30,21 @@ SCORE_TYPE = (
 _SCORERS: dict[str, Any] = {}
 
 
-def _scorer_for(version: str, content: bytes, tf_threads: int) -> Any:
-    if version not in _SCORERS:
+def _scorer_for(manifest: ModelManifest, tf_threads: int) -> Any:
+    """The scorer, loaded once per Python worker from the file ``ship_scorer`` sent, its hash checked."""
+    if manifest.version not in _SCORERS:
         import tensorflow as tf
+        from pyspark import SparkFiles
 
         try:
             tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # already initialised in this process
             pass
-        _SCORERS[version] = load_scorer_from_bytes(content)
-    return _SCORERS[version]
+        with open(SparkFiles.get(manifest.scorer_file), "rb") as handle:
+            content = check_scorer_bytes(handle.read(), manifest)
+        _SCORERS[manifest.version] = load_scorer_from_bytes(content)
+    return _SCORERS[manifest.version]
 
 
 def arrow_batch_rows(*, image_size: int, target_bytes: int, max_rows: int) -> int:
@@ -80,15 +84,15 @@ def configured_batch_rows(config: Mapping[str, Any], *, image_size: int) -> int:
     )
 
 
-def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: int) -> Callable[..., Column]:
+def make_score_udf(manifest: ModelManifest, *, tf_threads: int) -> Callable[..., Column]:
     """A scalar-iterator pandas UDF: photo bytes -> predicted category, confidence, unit embedding.
+
+    The scorer file must have been shipped to the executors first (``model_store.ship_scorer``).
 
     Parameters
     ----------
     manifest : ModelManifest
-        The model bundle (classes, image size, version).
-    scorer_bytes : Broadcast
-        Broadcast of the scorer file's bytes, already checked against the manifest's hash.
+        The model bundle (classes, image size, version, scorer file and its hash).
     tf_threads : int
         TensorFlow intra-op threads per Python worker.
 
@@ -97,11 +101,11 @@ def make_score_udf(manifest: ModelManifest, scorer_bytes: Any, *, tf_threads: in
     pandas UDF returning ``SCORE_TYPE``; a photo that fails to decode gets null outputs and its error.
     """
     classes = np.array(manifest.classes, dtype=object)
-    size, version = manifest.image_size, manifest.version
+    size = manifest.image_size
 
     @pandas_udf(SCORE_TYPE)
     def score(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        scorer = _scorer_for(version, scorer_bytes.value, tf_threads)
+        scorer = _scorer_for(manifest, tf_threads)
         for contents in batches:
             images, errors = decode_batch(contents, size)
             n = len(errors)
@@ -185,14 +189,12 @@ _COMPARED = ("category", "given_category", "predicted_category", "confidence", "
 
 
 def score_images(
-    spark: SparkSession, config: Mapping[str, Any], manifest: ModelManifest, scorer_bytes: Any, hashes: DataFrame
+    spark: SparkSession, config: Mapping[str, Any], manifest: ModelManifest, hashes: DataFrame
 ) -> tuple[DataFrame, int]:
-    """Score each distinct photo once with a pandas UDF.
+    """Score each distinct photo once with a pandas UDF; the executors read the scorer from the model store.
 
     Parameters
     ----------
-    scorer_bytes : Broadcast
-        The scorer file's bytes; keep it alive while the result is used.
     hashes : DataFrame
         ``image_hash`` of the photos to score (keys into ``images``).
 
@@ -210,7 +212,8 @@ def score_images(
     # worker loads TensorFlow and the model once.
     slots = max(2, spark.sparkContext.defaultParallelism * int(embed_conf.get("tasks_per_core", 2)))
     partitions = max(1, min(slots, -(-n // 64)))
-    score = make_score_udf(manifest, scorer_bytes, tf_threads=int(embed_conf["tf_threads_per_task"]))
+    ship_scorer(spark, config, manifest)
+    score = make_score_udf(manifest, tf_threads=int(embed_conf["tf_threads_per_task"]))
     images = read_table(spark, config, IMAGES).select("image_hash", "content")
     scored = (
         images.join(wanted, "image_hash", "left_semi")
@@ -276,8 +279,7 @@ def stage_embeddings(
         .select("image_hash", "o.*")
     )
     missing = items.join(known, "image_hash", "left_anti").select("image_hash")
-    scorer_bytes = spark.sparkContext.broadcast(read_scorer_bytes(config, manifest))
-    scored, batch_rows = score_images(spark, config, manifest, scorer_bytes, missing)
+    scored, batch_rows = score_images(spark, config, manifest, missing)
     try:
         failed = scored.where(F.col("decode_error").isNotNull())
         refused = items.join(failed, "image_hash").select(
@@ -308,7 +310,6 @@ def stage_embeddings(
         counts.embedded = counts.items - n_failed
     finally:
         scored.unpersist()
-        scorer_bytes.destroy()
     staged = spark.read.format("delta").load(staging_path)
     by_flag = {r[DELETE_FLAG]: r["count"] for r in staged.groupBy(DELETE_FLAG).count().collect()}
     counts.upserted, counts.deleted = by_flag.get(False, 0), by_flag.get(True, 0)

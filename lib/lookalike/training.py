@@ -266,7 +266,7 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             classifier, embedder, embedding_mean=raw.mean(axis=0), embedding_variance=raw.var(axis=0)
         )
         metrics = {"classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes}
-        manifest = save_bundle(config, scorer, classes=classes, embedding=embedding, metrics=metrics)
+        manifest = save_bundle(spark, config, scorer, classes=classes, embedding=embedding, metrics=metrics)
     finally:
         frame.unpersist()
     log.info("saved model %s (%s embedding, %d classes)", manifest.version, manifest.embedding, len(classes))
