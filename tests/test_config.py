@@ -196,3 +196,20 @@ def test_every_shipped_profile_loads_and_only_sets_known_sections(profile):
         assert section in defaults, f"{profile}: unknown section [{section}]"
         if section != "spark":
             assert set(values) <= set(defaults[section]), f"{profile}: unknown keys {set(values) - set(defaults[section])}"
+
+
+def test_files_shipped_into_the_working_directory_are_found(conf_dir, tmp_path, monkeypatch):
+    """In cluster deploy mode the conf folder is absent and --files put the .toml files in the working directory."""
+    driver_dir = tmp_path / "container"
+    driver_dir.mkdir()
+    for name in ("defaults.toml", "small.toml"):
+        (driver_dir / name).write_text((conf_dir / name).read_text())
+    monkeypatch.chdir(driver_dir)
+    assert load_config("small", conf_dir="conf") == load_config("small", conf_dir=conf_dir)
+
+
+def test_no_defaults_anywhere_names_both_places(tmp_path, monkeypatch):
+    """Without defaults.toml in the conf folder or the working directory, the error names both."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"no defaults.toml in conf nor in the working directory {tmp_path}"):
+        load_config(None, conf_dir="conf")

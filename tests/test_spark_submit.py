@@ -61,3 +61,63 @@ def test_spark_sql_sees_tables_a_job_registered_in_the_derby_metastore(tmp_path:
     names = [line.strip() for line in listed.stdout.splitlines() if line.strip()]
     assert names == sorted(table.name for table in ALL_TABLES)
     assert (store / "metastore_db").is_dir()
+
+
+def submit_command(*args: str) -> list[str]:
+    """The spark-submit command line spark-submit.sh would run for ``args`` (LOOKALIKE_PRINT_COMMAND=1)."""
+    import shlex
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYSPARK")}, "LOOKALIKE_PRINT_COMMAND": "1"}
+    result = subprocess.run(["./spark-submit.sh", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout)
+
+
+def option_values(command: list[str], option: str) -> list[str]:
+    """Every value given to ``option`` in a command line."""
+    return [command[i + 1] for i, word in enumerate(command[:-1]) if word == option]
+
+
+def test_wrapper_ships_library_configuration_and_jars_to_a_cluster():
+    """Against a cluster master: the zip with --py-files, every conf/*.toml with --files, the Delta jars with --jars."""
+    command = submit_command("--master", "spark://127.0.0.1:7077", "jobs/refresh.py", "--profile", "cluster")
+    assert option_values(command, "--master") == ["spark://127.0.0.1:7077"]
+    assert option_values(command, "--py-files") == ["dist/lookalike.zip"]
+    shipped = option_values(command, "--files")[0].split(",")
+    assert sorted(shipped) == sorted(f"conf/{p.name}" for p in (REPO / "conf").glob("*.toml"))
+    jars = option_values(command, "--jars")[0].split(",")
+    assert any("delta-spark_" in j for j in jars) and any("delta-storage-" in j for j in jars)
+    assert f"spark.pyspark.python={REPO / '.venv' / 'bin' / 'python'}" in option_values(command, "--conf")
+    assert command[-3:] == ["jobs/refresh.py", "--profile", "cluster"]
+    assert "--archives" not in command
+
+
+def test_wrapper_ships_a_packed_python_environment_with_archives(tmp_path: Path):
+    """--python-env: the archive goes with --archives; executors (and a cluster-mode driver) run its interpreter."""
+    archive = tmp_path / "lookalike-env.tar.gz"
+    archive.write_bytes(b"")
+    client = submit_command("--master", "yarn", "--python-env", str(archive), "jobs/refresh.py")
+    assert option_values(client, "--archives") == [f"{archive}#lookalike-env"]
+    confs = option_values(client, "--conf")
+    assert "spark.pyspark.python=./lookalike-env/bin/python" in confs
+    assert not any(c.startswith("spark.pyspark.driver.python") for c in confs)  # client mode: the driver runs here
+    assert "--python-env" not in client
+    cluster = submit_command("--master", "yarn", "--deploy-mode", "cluster", "--python-env", str(archive), "jobs/refresh.py")
+    assert "spark.pyspark.driver.python=./lookalike-env/bin/python" in option_values(cluster, "--conf")
+
+
+def test_wrapper_refuses_a_missing_environment_archive(tmp_path: Path):
+    """A --python-env archive that does not exist fails before Spark starts, naming it."""
+    missing = tmp_path / "nope.tar.gz"
+    result = subprocess.run(["./spark-submit.sh", "--python-env", str(missing), "jobs/refresh.py"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"no archive {missing}" in result.stderr
+
+
+def test_wrapper_keeps_an_interpreter_the_user_names():
+    """--conf spark.pyspark.python=... (e.g. a container image's Python) is not overridden by the project's."""
+    command = submit_command("--master", "k8s://https://api:6443", "--conf", "spark.pyspark.python=/opt/env/bin/python",
+                             "jobs/refresh.py")
+    assert [c for c in option_values(command, "--conf") if c.startswith("spark.pyspark.python=")] == [
+        "spark.pyspark.python=/opt/env/bin/python"
+    ]

@@ -49,6 +49,20 @@ def parse_override(assignment: str) -> dict[str, Any]:
     return {section: value}
 
 
+def shipped_conf_dir(conf_dir: Path) -> Path:
+    """``conf_dir`` if it holds ``defaults.toml``, else the working directory if that does.
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither holds ``defaults.toml``.
+    """
+    for folder in (conf_dir, Path.cwd()):
+        if (folder / "defaults.toml").is_file():
+            return folder
+    raise FileNotFoundError(f"no defaults.toml in {conf_dir} nor in the working directory {Path.cwd()}")
+
+
 def load_config(
     profile: str | None = None,
     overrides: Iterable[str] = (),
@@ -64,14 +78,16 @@ def load_config(
     overrides : iterable of str
         ``section.key=value`` assignments applied last.
     conf_dir : path-like
-        Directory holding ``defaults.toml`` and the profiles.
+        Directory holding ``defaults.toml`` and the profiles. If it has no ``defaults.toml`` but
+        the working directory has, the working directory is used: a driver started in cluster
+        deploy mode (YARN, Kubernetes) finds there the files ``spark-submit.sh`` shipped with ``--files``.
 
     Returns
     -------
     dict
         Nested configuration; sections as in ``conf/defaults.toml``.
     """
-    conf_dir = Path(conf_dir)
+    conf_dir = shipped_conf_dir(Path(conf_dir))
     with open(conf_dir / "defaults.toml", "rb") as handle:
         config = tomllib.load(handle)
     if profile:
