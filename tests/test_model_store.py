@@ -160,7 +160,7 @@ def test_loaded_scorer_differs_from_another_model(spark, config):
 def test_model_store_lives_at_any_hadoop_path(spark, make_config, tmp_path):
     """With storage.root a file: URI the store is written and read through Hadoop's FileSystem: save, LATEST, load."""
     config = make_config(f"storage.root=file://{tmp_path}/uri-store")
-    assert model_root(config) == f"file://{tmp_path}/uri-store/models"
+    assert model_root(config) == f"file:{tmp_path}/uri-store/models"  # in Hadoop's qualified form
     manifest = save_bundle(spark, config, tiny_scorer(9), classes=CLASSES, embedding="classifier", metrics={"m": 1})
     folder = tmp_path / "uri-store" / "models" / manifest.version
     assert sorted(p.name for p in folder.iterdir()) == sorted([manifest.scorer_file, "manifest.json", "metrics.json"])

@@ -63,7 +63,9 @@ def storage_root(config: Mapping[str, Any]) -> str:
     if "`" in root:
         raise ValueError(f"storage.root {root!r} contains a backtick, which Delta cannot take in a table location")
     if has_scheme(root):
-        return root
+        # file:///x -> file:/x, Hadoop's qualified form: Delta refuses to create a table whose
+        # location is given as file:///x, seeing it as a second location beside file:/x.
+        return re.sub(r"^file://(?=/)", "file:", root)
     return os.path.abspath(root)
 
 
