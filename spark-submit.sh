@@ -59,8 +59,13 @@ $python_given && python_args=()
 if [[ -n "$python_env" ]]; then
   [[ "$python_env" == *://* || -f "$python_env" ]] || { echo "spark-submit.sh: no archive $python_env" >&2; exit 2; }
   python_args=(--archives "$python_env#lookalike-env" --conf "spark.pyspark.python=./lookalike-env/bin/python")
-  # A driver on a cluster node (cluster deploy mode) unpacks the archive too; in client mode it runs here.
-  $cluster_deploy && python_args+=(--conf "spark.pyspark.driver.python=./lookalike-env/bin/python")
+  # A driver on a cluster node (cluster deploy mode) unpacks the archive too. In client mode it runs
+  # here, and must be told so: spark.pyspark.python would otherwise win over PYSPARK_DRIVER_PYTHON.
+  if $cluster_deploy; then
+    python_args+=(--conf "spark.pyspark.driver.python=./lookalike-env/bin/python")
+  else
+    python_args+=(--conf "spark.pyspark.driver.python=$PYSPARK_DRIVER_PYTHON")
+  fi
 fi
 
 command=(.venv/bin/spark-submit

@@ -100,7 +100,8 @@ def test_wrapper_ships_a_packed_python_environment_with_archives(tmp_path: Path)
     assert option_values(client, "--archives") == [f"{archive}#lookalike-env"]
     confs = option_values(client, "--conf")
     assert "spark.pyspark.python=./lookalike-env/bin/python" in confs
-    assert not any(c.startswith("spark.pyspark.driver.python") for c in confs)  # client mode: the driver runs here
+    # Client mode: the driver runs here, with the project's interpreter (spark.pyspark.python would win otherwise).
+    assert f"spark.pyspark.driver.python={REPO / '.venv' / 'bin' / 'python'}" in confs
     assert "--python-env" not in client
     cluster = submit_command("--master", "yarn", "--deploy-mode", "cluster", "--python-env", str(archive), "jobs/refresh.py")
     assert "spark.pyspark.driver.python=./lookalike-env/bin/python" in option_values(cluster, "--conf")
