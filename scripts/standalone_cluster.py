@@ -4,7 +4,7 @@ One master on 127.0.0.1 and one worker per loopback address (127.0.0.2, 127.0.0.
 sees separate "hosts" (speculation and locality treat them as different machines). Used by
 ``scripts/cluster_check.py`` and ``scripts/embedding_faults.py``; also from the command line:
 
-    .venv/bin/python scripts/standalone_cluster.py --work /tmp/cluster [--port 7077]   # runs until Ctrl-C
+    .venv/bin/python scripts/standalone_cluster.py --work /tmp/cluster [--port 7077]   # until Ctrl-C or SIGTERM
 """
 
 from __future__ import annotations
@@ -175,8 +175,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=7077)
     parser.add_argument("--memory", default="3g", help="memory each worker offers its executors")
     args = parser.parse_args()
+    # SIGTERM too: a shell starts background jobs with SIGINT ignored, so `kill <pid>` must stop the cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cluster = start_cluster(args.work, port=args.port, memory=args.memory)
-    print(f"cluster up: {cluster.url} (workers on {', '.join(HOSTS)}); Ctrl-C stops it", flush=True)
+    print(f"cluster up: {cluster.url} (workers on {', '.join(HOSTS)}); Ctrl-C or SIGTERM stops it", flush=True)
     try:
         signal.pause()
     except KeyboardInterrupt:
