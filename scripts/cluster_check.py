@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fault_injection import REPO, WorkLayout, build_work, run_to_end, start
-from standalone_cluster import Cluster, descendants, kill_worker, processes, start_cluster, start_worker, stop_cluster
+from standalone_cluster import Cluster, kill_worker, processes, python_workers, start_cluster, start_worker, stop_cluster
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "fashion-products"
 BUSY_CPU_SECONDS = 1.5  # CPU a Python worker has used before it counts as busy scoring
@@ -116,13 +116,8 @@ def busy_python_worker(cluster: Cluster, number: int, before: dict[int, float]) 
     worker = cluster.workers[number]
     if worker is None:
         return None
-    table = processes()
-    for pid in descendants(table, worker.pid):
-        parent = table[pid][0]
-        if parent in table and "pyspark.daemon" in table[parent][1]:
-            if table[pid][2] - before.get(pid, 0.0) >= BUSY_CPU_SECONDS:
-                return pid
-    return None
+    busy = [pid for pid, cpu in python_workers(worker.pid).items() if cpu - before.get(pid, 0.0) >= BUSY_CPU_SECONDS]
+    return busy[0] if busy else None
 
 
 def submit_killing_a_worker(report: Report, name: str, argv: list[str], logs: Path, cluster: Cluster,

@@ -44,7 +44,7 @@ from pyspark.sql import DataFrame, SparkSession
 from lookalike.config import load_config
 from lookalike.model_store import save_bundle, ship_scorer
 from lookalike.scoring import make_score_udf
-from standalone_cluster import descendants, processes, start_cluster, stop_cluster
+from standalone_cluster import processes, python_workers, start_cluster, stop_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,16 +73,6 @@ class FaultResult:
     notes: list[str] = field(default_factory=list)
 
 
-def python_workers() -> dict[int, float]:
-    """Python workers (children of a ``pyspark.daemon``) started under this process: pid -> CPU seconds."""
-    table = processes()
-    return {
-        pid: cpu for pid in descendants(table, os.getpid())
-        for parent, _, cpu in [table[pid]]
-        if parent in table and "pyspark.daemon" in table[parent][1]
-    }
-
-
 def executor_of(worker: int) -> int | None:
     """The executor JVM a Python worker runs under, if any (none in local mode)."""
     table = processes()
@@ -96,7 +86,7 @@ def executor_of(worker: int) -> int | None:
 
 def busiest_worker(before: dict[int, float]) -> int | None:
     """The Python worker that used the most CPU since ``before`` (new workers count from zero)."""
-    now = python_workers()
+    now = python_workers(os.getpid())
     if not now:
         return None
     return max(now, key=lambda pid: now[pid] - before.get(pid, 0.0))
@@ -168,13 +158,13 @@ def inject(fault: str, stall: float, done: threading.Event, result: FaultResult)
     A worker only uses CPU while it runs a task, so one that has used ``BUSY_CPU_SECONDS`` since
     the job started is mid-task: the fault cannot land between tasks.
     """
-    started, before = time.monotonic(), python_workers()
+    started, before = time.monotonic(), python_workers(os.getpid())
     worker = None
     while worker is None:
         if done.wait(0.2):
             result.notes.append("the job ended before a Python worker got busy")
             return
-        now = python_workers()
+        now = python_workers(os.getpid())
         busy = sorted(pid for pid, cpu in now.items() if cpu - before.get(pid, 0.0) >= BUSY_CPU_SECONDS)
         worker = busy[0] if busy else None
     at = time.monotonic() - started

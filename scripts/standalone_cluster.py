@@ -51,6 +51,16 @@ def descendants(table: dict[int, tuple[int, str, float]], root: int) -> set[int]
     return found
 
 
+def python_workers(root: int) -> dict[int, float]:
+    """PySpark Python workers (children of a ``pyspark.daemon``) below process ``root``: pid -> CPU seconds."""
+    table = processes()
+    return {
+        pid: cpu for pid in descendants(table, root)
+        for parent, _, cpu in [table[pid]]
+        if parent in table and "pyspark.daemon" in table[parent][1]
+    }
+
+
 @dataclass
 class Cluster:
     """The master's URL, the processes of a running cluster, and how its workers are started."""

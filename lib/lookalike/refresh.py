@@ -297,7 +297,9 @@ def refresh(
         with timer.stage("prepare"):
             for table in ALL_TABLES:
                 ensure_table(spark, config, table)
-            model = "trained by this run" if train else load_manifest(spark, config, model_version).version
+            # Read once: the fingerprint needs its version, embedding the whole manifest.
+            existing = None if train else load_manifest(spark, config, model_version)
+            model = existing.version if existing else "trained by this run"
             # Read and listed once: the fingerprint and ingest both need them.
             catalog_input = read_catalog_input(spark, config, catalog_path, file_format=file_format)
             fingerprint, description = input_fingerprint(spark, config, catalog_path, listing=catalog_input.listing, model=model)
@@ -326,7 +328,8 @@ def refresh(
         with timer.stage("train"):
             manifest, _ = train_models(spark, config)
     else:
-        manifest = load_manifest(spark, config, model_version)
+        assert existing is not None
+        manifest = existing
 
     catalog_version = table_version(spark, config, CATALOG)
     previous_embeddings = published_table(spark, config, EMBEDDINGS, publication)
