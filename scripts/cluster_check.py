@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -38,15 +37,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from count_spark_jobs import event_files
 from fault_injection import REPO, WorkLayout, build_work, run_to_end, start
 from standalone_cluster import Cluster, kill_worker, processes, python_workers, start_cluster, start_worker, stop_cluster
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "fashion-products"
 BUSY_CPU_SECONDS = 1.5  # CPU a Python worker has used before it counts as busy scoring
 _EMBED_STARTED = "lookalike.runs: stage embed: started"
-# Task failures the driver logs at WARN when an executor is lost.
-_LOST_TASK = re.compile(r"Lost task \S+ in stage \S+ \(TID \d+\)")
-_LOST_EXECUTOR = re.compile(r"Lost executor \d+|Executor lost: \d+|Removing executor \d+")
 
 
 @dataclass
@@ -68,8 +65,9 @@ class WorkerKill:
     stage: str = ""
     busy_python_worker: int | None = None
     killed_pids: list[int] = field(default_factory=list)
-    lost_tasks: int = 0
-    lost_executor_lines: int = 0
+    lost_tasks: int = 0  # tasks that were running on the killed executor (ExecutorLostFailure)
+    executors_removed: int = 0
+    task_failures: dict[str, int] = field(default_factory=dict)  # every failed task end, by reason
 
 
 @dataclass
@@ -111,31 +109,63 @@ def submit(report: Report, name: str, argv: list[str], logs: Path, timeout: floa
     return run
 
 
-def busy_python_worker(cluster: Cluster, number: int, before: dict[int, float]) -> int | None:
-    """A Python worker under worker ``number`` that has used ``BUSY_CPU_SECONDS`` of CPU since ``before``."""
+def busy_python_worker(cluster: Cluster, number: int, before: dict[int, float],
+                       last: dict[int, float]) -> tuple[int | None, dict[int, float]]:
+    """A Python worker under worker ``number`` that is scoring now, and the CPU sample taken.
+
+    Busy: it has used ``BUSY_CPU_SECONDS`` of CPU since ``before`` (the embed stage began) and more
+    CPU since ``last`` (the previous sample), so a task is running in it at this moment, not just
+    finished.
+    """
     worker = cluster.workers[number]
     if worker is None:
-        return None
-    busy = [pid for pid, cpu in python_workers(worker.pid).items() if cpu - before.get(pid, 0.0) >= BUSY_CPU_SECONDS]
-    return busy[0] if busy else None
+        return None, last
+    now = python_workers(worker.pid)
+    busy = [pid for pid, cpu in now.items()
+            if cpu - before.get(pid, 0.0) >= BUSY_CPU_SECONDS and cpu > last.get(pid, cpu)]
+    return (busy[0] if busy else None), now
+
+
+def task_failures(event_log: Path) -> tuple[dict[str, int], int]:
+    """Failed task ends by reason, and executors removed, in one application's Spark event log."""
+    failures: dict[str, int] = {}
+    removed = 0
+    for file in event_files(event_log):
+        for line in file.open(encoding="utf-8"):
+            event = json.loads(line)
+            if event["Event"] == "SparkListenerTaskEnd":
+                reason = event["Task End Reason"]["Reason"]
+                if reason != "Success":
+                    failures[reason] = failures.get(reason, 0) + 1
+            elif event["Event"] == "SparkListenerExecutorRemoved":
+                removed += 1
+    return failures, removed
 
 
 def submit_killing_a_worker(report: Report, name: str, argv: list[str], logs: Path, cluster: Cluster,
                             timeout: float) -> None:
-    """Run a refresh on the cluster and kill worker 1 once one of its Python workers is busy in the embed stage."""
+    """Run a refresh on the cluster and kill worker 1 once one of its Python workers is busy in the embed stage.
+
+    The driver writes a Spark event log, from which the tasks the kill failed are counted.
+    """
     log = logs / f"{name}.log"
+    events = logs / f"{name}-events"
+    events.mkdir()
+    argv = [*argv, "--set", "spark.spark.eventLog.enabled=true", "--set", f"spark.spark.eventLog.dir=file:{events}",
+            "--set", "spark.spark.eventLog.compress=false"]
     began = time.monotonic()
     process = start(argv, log)
     kill = report.kill
 
     def watch() -> None:
         before: dict[int, float] | None = None
+        last: dict[int, float] = {}
         while process.poll() is None:
             if before is None:
                 if _EMBED_STARTED in log.read_text(errors="replace"):
                     before = {pid: cpu for pid, (_, _, cpu) in processes().items()}
             else:
-                busy = busy_python_worker(cluster, 1, before)
+                busy, last = busy_python_worker(cluster, 1, before, last)
                 if busy is not None:
                     kill.at_seconds = round(time.monotonic() - began, 1)
                     kill.stage = "embed"
@@ -154,12 +184,13 @@ def submit_killing_a_worker(report: Report, name: str, argv: list[str], logs: Pa
         process.kill()
         raise
     watcher.join(timeout=5)
-    text = log.read_text(errors="replace")
-    kill.lost_tasks = len(_LOST_TASK.findall(text))
-    kill.lost_executor_lines = len(_LOST_EXECUTOR.findall(text))
+    for application in events.iterdir():  # one application: this job's
+        kill.task_failures, kill.executors_removed = task_failures(application)
+        kill.lost_tasks = kill.task_failures.get("ExecutorLostFailure", 0)
     seconds = time.monotonic() - began
     report.jobs.append(JobRun(name=name, master=argv[2], exit_code=code, seconds=round(seconds, 1), log=log.name))
-    progress(f"{name}: exit {code} in {seconds:.0f} s; {kill.lost_tasks} lost tasks logged")
+    progress(f"{name}: exit {code} in {seconds:.0f} s; {kill.lost_tasks} tasks lost with the executor, "
+             f"failed tasks by reason {kill.task_failures}")
     if code != 0:
         raise RuntimeError(f"{name} failed (exit {code}); see {log}")
 
@@ -246,7 +277,7 @@ def run(args: argparse.Namespace, work: Path, report: Report) -> None:
     if not report.kill.killed_pids:
         report.notes.append("worker 1 was never seen busy scoring: no worker was killed")
     elif report.kill.lost_tasks == 0:
-        report.notes.append("the kill lost no task: it did not land mid-task")
+        report.notes.append("no task failed with the lost executor (event log): the kill did not land mid-task")
     if report.cluster_model in (None, model):
         report.notes.append("the train job on the cluster saved no new model version")
     report.ok = (not report.notes and all(not any(d.values()) for d in report.differences.values())

@@ -7,6 +7,7 @@
 The stage boundaries are the ``lookalike.runs: stage ...`` lines of the driver log (the last
 refresh in it: in the benchmark, the incremental one); the jobs and SQL executions are read from
 Spark's event log (uncompressed; a rolling log folder's ``events_*`` files are read in order).
+``--top N`` also lists the N longest SQL executions of the refresh with their stage and call site.
 """
 
 from __future__ import annotations
@@ -44,22 +45,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("event_log", type=Path)
     parser.add_argument("driver_log", type=Path)
+    parser.add_argument("--top", type=int, default=0, help="list the N longest SQL executions")
     args = parser.parse_args()
-    jobs, executions = [], []
+    jobs, executions, ended = [], {}, {}
     for file in event_files(args.event_log):
         for line in file.open(encoding="utf-8"):
             event = json.loads(line)
             if event["Event"] == "SparkListenerJobStart":
                 jobs.append(event["Submission Time"])
             elif event["Event"].endswith("SparkListenerSQLExecutionStart"):
-                executions.append(event["time"])
+                executions[event["executionId"]] = (event["time"], event.get("description", ""), event.get("details", ""))
+            elif event["Event"].endswith("SparkListenerSQLExecutionEnd"):
+                ended[event["executionId"]] = event["time"]
     total_jobs = total_sql = 0
+    longest = []
     for name, start, end in stage_windows(args.driver_log):
         n_jobs = sum(start <= t <= end for t in jobs)
-        n_sql = sum(start <= t <= end for t in executions)
-        total_jobs, total_sql = total_jobs + n_jobs, total_sql + n_sql
-        print(f"{name:<8} {(end - start) / 1000:6.1f} s  {n_jobs:4d} jobs  {n_sql:4d} SQL executions")
+        in_stage = [(i, e) for i, e in executions.items() if start <= e[0] <= end]
+        total_jobs, total_sql = total_jobs + n_jobs, total_sql + len(in_stage)
+        print(f"{name:<8} {(end - start) / 1000:6.1f} s  {n_jobs:4d} jobs  {len(in_stage):4d} SQL executions")
+        longest += [((ended.get(i, t) - t) / 1000, name, description, _call_site(details))
+                    for i, (t, description, details) in in_stage]
     print(f"{'total':<8} {'':8}  {total_jobs:4d} jobs  {total_sql:4d} SQL executions")
+    for seconds, stage, description, site in sorted(longest, reverse=True)[: args.top]:
+        print(f"{seconds:6.2f} s  {stage:<8} {site:<45} {description[:70]}")
+
+
+def _call_site(details: str) -> str:
+    """The first ``lookalike`` frame of an execution's call site, else its first line."""
+    lines = [line.strip() for line in details.splitlines() if line.strip()]
+    ours = [line for line in lines if "lookalike" in line]
+    return (ours or lines or [""])[0][-45:]
 
 
 if __name__ == "__main__":
