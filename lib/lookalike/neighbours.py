@@ -229,6 +229,9 @@ def stage_lists(
         candidates, k=k, block_rows=int(config["index"]["block_rows"]), run_id=run_id, catalog_version=catalog_version
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        # Computed once here: the staged write reads the lists four times, and before they are
+        # cached each reading stage would run the Python top-k again.
+        recomputed = lists.select("item_id").distinct().count()
         # A list is staged whole, and only if it differs from its previous version, so every row of a
         # list carries the lineage of the run that last changed it.
         content = [c for c in SIMILAR_ITEMS.column_names if c not in ("item_id", "run_id", "catalog_version")]
@@ -246,7 +249,6 @@ def stage_lists(
         )
         staged = lists.join(changed, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(False)).unionByName(stale)
         staged.write.format("delta").mode("overwrite").save(staging_path)
-        recomputed = lists.select("item_id").distinct().count()
     finally:
         lists.unpersist()
     log.info("index: %d lists recomputed (k=%d)", recomputed, k)
