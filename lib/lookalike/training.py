@@ -256,8 +256,10 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             curves["autoencoder"] = {k: [float(v) for v in vals] for k, vals in ae_history.history.items()}
         elif embedding == "resnet50":
             embedder = models.build_resnet50_embedder(image_size=size, weights_path=str(model_conf["resnet50_weights"]))
+        elif embedding == "lite0":
+            embedder = models.build_lite0_embedder(image_size=size)
         elif embedding != "classifier":
-            raise ValueError(f"model.embedding must be autoencoder, classifier or resnet50, not {embedding!r}")
+            raise ValueError(f"model.embedding must be autoencoder, classifier, resnet50 or lite0, not {embedding!r}")
 
         sample = frame.orderBy(F.xxhash64("item_id")).limit(int(train_conf.get("statistics_sample", 2048)))
         sample_pixels = _pixels_array(sample.select("pixels").toPandas()["pixels"], size)
