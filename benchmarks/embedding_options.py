@@ -1,0 +1,551 @@
+"""Benchmark: image-embedding options side by side on a held-out split of labelled catalog photos.
+
+    .venv/bin/python benchmarks/embedding_options.py [--source-dir ../shared/data/fashion-products]
+        [--limit N] [--batch-size 32] [--options pixels32,pca128,lite0_224,lite0_128] [--report out.json]
+
+No Spark and no trained model bundle are needed: numpy and TensorFlow/Keras only.
+
+Items are the rows of ``labels.csv`` whose photo ``images/<id>.jpg`` exists. The split is a stable
+hash of the id: ``zlib.crc32(id) % 100 < 20`` is the holdout (queries, ~20 %), the rest is the
+reference set (candidates). Options, each giving one L2-normalised vector per item:
+
+- ``pixels32``: raw RGB pixels at 32 x 32, flattened (3,072-d), standardised per dimension with
+  the reference items' mean and standard deviation;
+- ``pca128``: the same standardised pixels projected on the first 128 principal components of the
+  reference items (numpy SVD);
+- ``lite0_224``: pretrained (ImageNet) EfficientNet-Lite0 pooled features (1,280-d) at 224 px, as
+  the pipeline uses them;
+- ``lite0_128``: the same network and weights on 128 px input (the network is fully convolutional:
+  ``efficientnet_lite0(..., image_size=128)``).
+
+Metrics per option, cosine similarity, queries = holdout, candidates = reference:
+
+- ``subcat_1nn``: 1-NN subCategory accuracy (label of the nearest reference item);
+- ``at_p10``: articleType precision@10 over all reference items;
+- ``at_p10_in_subcat``: articleType precision@10 with candidates restricted to reference items of
+  the query's true subCategory (precision over min(10, candidates); queries whose subCategory has
+  no reference item are left out and counted);
+- ``images_per_s``: items embedded per second, JPEG decode included (bytes already in memory, so
+  disk reads are not counted), one process, batches of ``--batch-size``; fitting (reference stats,
+  PCA) and model building/warm-up are timed apart.
+
+It prints a markdown table and, with ``--report``, writes the same figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import platform
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from lookalike.images import decode_image
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger("lookalike.benchmarks.embedding_options")
+
+HOLDOUT_PERCENT = 20
+TOP_K = 10
+PIXEL_SIZE = 32
+PCA_DIM = 128
+ALL_OPTIONS = ("pixels32", "pca128", "lite0_224", "lite0_128")
+
+
+# ---------------------------------------------------------------------------------------------
+# Items and split
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Items:
+    """Labelled catalog items with their photo bytes and split.
+
+    Attributes
+    ----------
+    ids : list of str
+        Item ids, in ``labels.csv`` order.
+    sub_category, article_type : numpy.ndarray
+        String labels, one per item.
+    contents : list of bytes
+        The encoded photos, read into memory once.
+    holdout : numpy.ndarray
+        Boolean mask: True for holdout (query) items, False for reference items.
+    """
+
+    ids: list[str]
+    sub_category: np.ndarray
+    article_type: np.ndarray
+    contents: list[bytes]
+    holdout: np.ndarray = field(repr=False)
+
+
+def in_holdout(item_id: str, percent: int = HOLDOUT_PERCENT) -> bool:
+    """Stable split: True when ``zlib.crc32(item_id) % 100 < percent``.
+
+    Parameters
+    ----------
+    item_id : str
+        The catalog id as written in ``labels.csv``.
+    percent : int, default 20
+        Share of items in the holdout, in percent.
+
+    Returns
+    -------
+    bool
+        Whether the item is a holdout (query) item.
+    """
+    return zlib.crc32(item_id.encode("utf-8")) % 100 < percent
+
+
+def load_items(source_dir: Path, limit: int | None = None) -> Items:
+    """Read ``labels.csv`` and the photos of the rows whose ``images/<id>.jpg`` exists.
+
+    Parameters
+    ----------
+    source_dir : pathlib.Path
+        Folder with ``labels.csv`` and ``images/``.
+    limit : int, optional
+        Keep only the first ``limit`` labelled items with a photo (file order), for a quick run.
+
+    Returns
+    -------
+    Items
+        The items, their labels, photo bytes and split.
+    """
+    ids: list[str] = []
+    sub: list[str] = []
+    art: list[str] = []
+    contents: list[bytes] = []
+    with open(source_dir / "labels.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            path = source_dir / "images" / f"{row['id']}.jpg"
+            if not path.is_file():
+                continue
+            ids.append(row["id"])
+            sub.append(row["subCategory"])
+            art.append(row["articleType"])
+            contents.append(path.read_bytes())
+            if limit is not None and len(ids) >= limit:
+                break
+    holdout = np.array([in_holdout(i) for i in ids], dtype=bool)
+    return Items(ids, np.array(sub), np.array(art), contents, holdout)
+
+
+def decode_all(contents: Sequence[bytes], size: int) -> np.ndarray:
+    """Decode every photo with the pipeline's :func:`lookalike.images.decode_image`.
+
+    Parameters
+    ----------
+    contents : sequence of bytes
+        Encoded photos.
+    size : int
+        Output side in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, size, size, 3)`` uint8.
+    """
+    return np.stack([decode_image(c, size) for c in contents])
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Scale each row to unit L2 norm (rows of zeros stay zero).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(n, d)`` vectors.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, d)`` float32 unit vectors.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Embedded:
+    """One option's vectors and timings.
+
+    Attributes
+    ----------
+    vectors : numpy.ndarray
+        ``(n_items, dim)`` L2-normalised float32.
+    embed_s : float
+        Seconds to decode and embed all items (fitting excluded).
+    fit_s : float
+        Seconds spent fitting on reference items, or building and warming up the model.
+    """
+
+    vectors: np.ndarray
+    embed_s: float
+    fit_s: float
+
+
+def embed_pixels(items: Items, *, pca_dim: int | None) -> Embedded:
+    """Raw 32 x 32 pixels, standardised with reference stats; optionally PCA-projected.
+
+    Parameters
+    ----------
+    items : Items
+        All items; statistics and principal components come from the reference items only.
+    pca_dim : int, optional
+        Number of principal components to keep; None for the standardised pixels themselves.
+
+    Returns
+    -------
+    Embedded
+        Vectors, decode+transform time over all items and fit time.
+    """
+    start = time.perf_counter()
+    pixels = decode_all(items.contents, PIXEL_SIZE).reshape(len(items.ids), -1).astype(np.float32)
+    decode_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = pixels[~items.holdout]
+    mean = reference.mean(axis=0)
+    std = reference.std(axis=0) + 1e-6
+    components = None
+    if pca_dim is not None:
+        centred = (reference - mean) / std  # already zero-mean per dimension
+        # Rows of vt are the principal directions, by decreasing singular value.
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        components = vt[:pca_dim].T.astype(np.float32)
+    fit_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    x = (pixels - mean) / std
+    if components is not None:
+        x = x @ components
+    vectors = l2_normalise(x)
+    transform_s = time.perf_counter() - start
+    return Embedded(vectors, decode_s + transform_s, fit_s)
+
+
+def build_lite0(size: int) -> "keras.Model":
+    """Pretrained EfficientNet-Lite0 feature model taking ``size`` x ``size`` input.
+
+    The network is fully convolutional up to the global average pooling, so the same ImageNet
+    weights fit any input size; :func:`lookalike.pretrained.efficientnet_lite0` takes the size
+    as ``image_size`` (224 by default, the size the weights were trained at).
+
+    Parameters
+    ----------
+    size : int
+        Input side in pixels (a multiple of 32 keeps the stride-2 stages exact).
+
+    Returns
+    -------
+    keras.Model
+        Gives ``(batch, 1280)`` pooled features for ``preprocess``-ed input.
+    """
+    from lookalike import pretrained
+
+    weights = pretrained.read_torch_state_dict(pretrained.lite0_weights_path())
+    model = pretrained.efficientnet_lite0(weights, include_top=False, image_size=size)
+    if tuple(model.input_shape[1:3]) != (size, size):
+        raise RuntimeError(f"built Lite0 takes {model.input_shape}, wanted {size}x{size}")
+    return model
+
+
+def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
+    """Pretrained Lite0 features at ``size`` px, decode and inference batch by batch.
+
+    Parameters
+    ----------
+    items : Items
+        All items.
+    size : int
+        Input side in pixels.
+    batch_size : int
+        Photos per inference call.
+
+    Returns
+    -------
+    Embedded
+        Vectors, decode+embed time over all items and model build + warm-up time.
+    """
+    import tensorflow as tf
+
+    from lookalike.pretrained import preprocess
+
+    start = time.perf_counter()
+    model = build_lite0(size)
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    # Warm-up with a full and a last partial batch so no tracing lands in the timed loop.
+    infer(tf.zeros((batch_size, size, size, 3), tf.float32))
+    tail = len(items.ids) % batch_size
+    if tail:
+        infer(tf.zeros((tail, size, size, 3), tf.float32))
+    fit_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    chunks = []
+    for i in range(0, len(items.contents), batch_size):
+        batch = decode_all(items.contents[i : i + batch_size], size)
+        chunks.append(infer(tf.constant(preprocess(batch))).numpy())
+    vectors = l2_normalise(np.concatenate(chunks))
+    embed_s = time.perf_counter() - start
+    return Embedded(vectors, embed_s, fit_s)
+
+
+def option_runners(batch_size: int) -> dict[str, Callable[[Items], Embedded]]:
+    """The options by name.
+
+    Parameters
+    ----------
+    batch_size : int
+        Inference batch size for the Lite0 options.
+
+    Returns
+    -------
+    dict of str to callable
+        Name to a function embedding all items.
+    """
+    return {
+        "pixels32": lambda items: embed_pixels(items, pca_dim=None),
+        "pca128": lambda items: embed_pixels(items, pca_dim=PCA_DIM),
+        "lite0_224": lambda items: embed_lite0(items, size=224, batch_size=batch_size),
+        "lite0_128": lambda items: embed_lite0(items, size=128, batch_size=batch_size),
+    }
+
+
+DESCRIPTIONS = {
+    "pixels32": "raw pixels 32x32, standardised (3072-d)",
+    "pca128": "PCA-128 of those pixels (fit on reference)",
+    "lite0_224": "pretrained Lite0, 224 px (1280-d)",
+    "lite0_128": "pretrained Lite0, 128 px (1280-d)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def retrieval_metrics(vectors: np.ndarray, items: Items, k: int = TOP_K) -> dict[str, float | int]:
+    """Holdout-vs-reference retrieval quality by cosine similarity.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray
+        ``(n_items, dim)`` L2-normalised vectors, in ``items`` order.
+    items : Items
+        Labels and split.
+    k : int, default 10
+        List length for precision.
+
+    Returns
+    -------
+    dict
+        ``subcat_1nn``, ``at_p10``, ``at_p10_in_subcat``, ``queries``, ``queries_in_subcat``
+        (queries with at least one reference item of their subCategory).
+    """
+    q = np.flatnonzero(items.holdout)
+    r = np.flatnonzero(~items.holdout)
+    sims = vectors[q] @ vectors[r].T  # (n_queries, n_reference)
+    ref_sub, ref_art = items.sub_category[r], items.article_type[r]
+    q_sub, q_art = items.sub_category[q], items.article_type[q]
+
+    # Stable sort on -similarity: ties go to the earlier reference item, so runs repeat.
+    order = np.argsort(-sims, axis=1, kind="stable")
+    subcat_1nn = float(np.mean(ref_sub[order[:, 0]] == q_sub))
+    top = order[:, :k]
+    at_p10 = float(np.mean(ref_art[top] == q_art[:, None]))
+
+    within = []
+    for row, (sub, art) in enumerate(zip(q_sub, q_art)):
+        candidates = np.flatnonzero(ref_sub == sub)
+        if candidates.size == 0:
+            continue
+        ranked = candidates[np.argsort(-sims[row, candidates], kind="stable")][:k]
+        within.append(float(np.mean(ref_art[ranked] == art)))
+    return {
+        "subcat_1nn": subcat_1nn,
+        "at_p10": at_p10,
+        "at_p10_in_subcat": float(np.mean(within)) if within else float("nan"),
+        "queries": int(q.size),
+        "queries_in_subcat": len(within),
+    }
+
+
+def chance_levels(items: Items, k: int = TOP_K) -> dict[str, float]:
+    """Expected metrics for a random ranking, as a floor for the table.
+
+    Parameters
+    ----------
+    items : Items
+        Labels and split.
+    k : int, default 10
+        List length (the expectation of precision under random order does not depend on it,
+        except through the min(k, candidates) cut, which is ignored here).
+
+    Returns
+    -------
+    dict
+        ``subcat_1nn``, ``at_p10``, ``at_p10_in_subcat`` under uniformly random candidates.
+    """
+    q = np.flatnonzero(items.holdout)
+    r = np.flatnonzero(~items.holdout)
+    ref_sub, ref_art = items.sub_category[r], items.article_type[r]
+    sub_hit = [np.mean(ref_sub == items.sub_category[i]) for i in q]
+    art_hit = [np.mean(ref_art == items.article_type[i]) for i in q]
+    within = []
+    for i in q:
+        mask = ref_sub == items.sub_category[i]
+        if mask.any():
+            within.append(np.mean(ref_art[mask] == items.article_type[i]))
+    return {
+        "subcat_1nn": float(np.mean(sub_hit)),
+        "at_p10": float(np.mean(art_hit)),
+        "at_p10_in_subcat": float(np.mean(within)) if within else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def markdown_table(results: dict[str, dict], chance: dict[str, float]) -> str:
+    """Render the results as a markdown table, with a chance-level row last.
+
+    Parameters
+    ----------
+    results : dict
+        Option name to its metrics and timings.
+    chance : dict
+        Output of :func:`chance_levels`.
+
+    Returns
+    -------
+    str
+        The table.
+    """
+    lines = [
+        "| option | subCategory 1-NN acc. | articleType P@10 | articleType P@10 within subCategory "
+        "| images/s (decode+embed) | fit / model build s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in results.items():
+        lines.append(
+            f"| `{name}`: {DESCRIPTIONS[name]} | {res['subcat_1nn']:.3f} | {res['at_p10']:.3f} | "
+            f"{res['at_p10_in_subcat']:.3f} | {res['images_per_s']:.0f} | {res['fit_s']:.1f} |"
+        )
+    lines.append(
+        f"| random ranking (chance) | {chance['subcat_1nn']:.3f} | {chance['at_p10']:.3f} | "
+        f"{chance['at_p10_in_subcat']:.3f} | | |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Process exit status.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source-dir", default="../shared/data/fashion-products",
+                        help="folder with labels.csv and images/ (default: %(default)s, relative to the repo root)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N labelled items (quick run)")
+    parser.add_argument("--batch-size", type=int, default=32, help="Lite0 inference batch size (default: %(default)s)")
+    parser.add_argument("--options", default=",".join(ALL_OPTIONS),
+                        help="comma-separated subset of " + ", ".join(ALL_OPTIONS))
+    parser.add_argument("--report", default=None, help="also write the results as JSON to this path")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    # In the order given, each once.
+    names = list(dict.fromkeys(n.strip() for n in args.options.split(",") if n.strip()))
+    unknown = sorted(set(names) - set(ALL_OPTIONS))
+    if unknown:
+        parser.error(f"unknown options: {unknown}")
+
+    started = time.perf_counter()
+    source = Path(args.source_dir)
+    items = load_items(source, args.limit)
+    n_hold = int(items.holdout.sum())
+    print(f"labelled items with a photo: {len(items.ids)}; holdout (queries): {n_hold}; "
+          f"reference (candidates): {len(items.ids) - n_hold}"
+          + (f"  [--limit {args.limit}]" if args.limit else ""))
+    if n_hold == 0 or n_hold == len(items.ids):
+        raise SystemExit("need both holdout and reference items")
+
+    # One untimed decode first, so the first option timed does not pay for Pillow's lazy set-up.
+    decode_image(items.contents[0], PIXEL_SIZE)
+    runners = option_runners(args.batch_size)
+    results: dict[str, dict] = {}
+    for name in names:
+        log.info("option %s ...", name)
+        embedded = runners[name](items)
+        metrics = retrieval_metrics(embedded.vectors, items)
+        results[name] = {
+            **metrics,
+            "dim": int(embedded.vectors.shape[1]),
+            "embed_s": embedded.embed_s,
+            "images_per_s": len(items.ids) / embedded.embed_s,
+            "fit_s": embedded.fit_s,
+        }
+        log.info("option %s: %s", name, {k: round(v, 4) if isinstance(v, float) else v
+                                          for k, v in results[name].items()})
+    chance = chance_levels(items)
+
+    print()
+    print(markdown_table(results, chance))
+    total_s = time.perf_counter() - started
+    print(f"\ntotal {total_s:.0f} s; {os.cpu_count()} CPU(s); queries {n_hold}; "
+          f"queries with reference items of their subCategory: "
+          f"{next(iter(results.values()))['queries_in_subcat'] if results else '-'}")
+
+    if args.report:
+        report = {
+            "source_dir": str(args.source_dir),
+            "limit": args.limit,
+            "items": len(items.ids),
+            "holdout": n_hold,
+            "reference": len(items.ids) - n_hold,
+            "split": f"zlib.crc32(id) % 100 < {HOLDOUT_PERCENT} -> holdout",
+            "k": TOP_K,
+            "batch_size": args.batch_size,
+            "cpus": os.cpu_count(),
+            "machine": platform.platform(),
+            "options": results,
+            "chance": chance,
+            "total_s": total_s,
+        }
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
