@@ -389,6 +389,48 @@ def retrieval_metrics(vectors: np.ndarray, items: Items, k: int = TOP_K) -> dict
     }
 
 
+def linear_probe_accuracy(vectors: np.ndarray, items: Items, *, epochs: int = 500, seed: int = 0) -> float:
+    """subCategory accuracy on the holdout of a softmax classifier trained on the reference vectors.
+
+    A linear head on frozen features: what a trained classifier on this embedding reaches at
+    least. Features are standardised with the reference items' mean and deviation (on the unit
+    vectors alone the head underfits: 0.924 vs 0.946 for Lite0 at 224 px); full-batch Adam with a
+    small L2 penalty and fixed epochs (nothing is tuned on the holdout); holdout items of a
+    subCategory absent from the reference count as misses.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray
+        ``(n_items, dim)`` vectors, in ``items`` order.
+    items : Items
+        Labels and split.
+    epochs, seed : int
+        Training length and Keras seed (the result repeats for the same seed).
+
+    Returns
+    -------
+    float
+        Holdout accuracy.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    r, q = ~items.holdout, items.holdout
+    classes = sorted(set(items.sub_category[r]))
+    index = {c: i for i, c in enumerate(classes)}
+    x = vectors.astype(np.float32)
+    x = (x - x[r].mean(axis=0)) / (x[r].std(axis=0) + 1e-6)
+    y = np.array([index[c] for c in items.sub_category[r]])
+    head = keras.Sequential([
+        keras.Input((x.shape[1],)),
+        keras.layers.Dense(len(classes), activation="softmax", kernel_regularizer=keras.regularizers.L2(1e-4)),
+    ])
+    head.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    head.fit(x[r], y, batch_size=len(y), epochs=epochs, verbose=0)
+    predicted = np.array(classes)[head.predict(x[q], batch_size=1024, verbose=0).argmax(axis=1)]
+    return float(np.mean(predicted == items.sub_category[q]))
+
+
 def chance_levels(items: Items, k: int = TOP_K) -> dict[str, float]:
     """Expected metrics for a random ranking, as a floor for the table.
 
@@ -443,17 +485,18 @@ def markdown_table(results: dict[str, dict], chance: dict[str, float]) -> str:
         The table.
     """
     lines = [
-        "| option | subCategory 1-NN acc. | articleType P@10 | articleType P@10 within subCategory "
-        "| images/s (decode+embed) | fit / model build s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| option | subCategory 1-NN acc. | subCategory linear probe acc. | articleType P@10 "
+        "| articleType P@10 within subCategory | images/s (decode+embed) | fit / model build s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in results.items():
         lines.append(
-            f"| `{name}`: {DESCRIPTIONS[name]} | {res['subcat_1nn']:.3f} | {res['at_p10']:.3f} | "
+            f"| `{name}`: {DESCRIPTIONS[name]} | {res['subcat_1nn']:.3f} | {res['subcat_linear_probe']:.3f} | "
+            f"{res['at_p10']:.3f} | "
             f"{res['at_p10_in_subcat']:.3f} | {res['images_per_s']:.0f} | {res['fit_s']:.1f} |"
         )
     lines.append(
-        f"| random ranking (chance) | {chance['subcat_1nn']:.3f} | {chance['at_p10']:.3f} | "
+        f"| random ranking (chance) | {chance['subcat_1nn']:.3f} | | {chance['at_p10']:.3f} | "
         f"{chance['at_p10_in_subcat']:.3f} | | |"
     )
     return "\n".join(lines)
@@ -507,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("option %s ...", name)
         embedded = runners[name](items)
         metrics = retrieval_metrics(embedded.vectors, items)
+        metrics["subcat_linear_probe"] = linear_probe_accuracy(embedded.vectors, items)
         results[name] = {
             **metrics,
             "dim": int(embedded.vectors.shape[1]),
