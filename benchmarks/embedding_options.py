@@ -44,14 +44,11 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from lookalike.images import decode_image
-
-if TYPE_CHECKING:
-    import keras
 
 log = logging.getLogger("lookalike.benchmarks.embedding_options")
 
@@ -242,32 +239,6 @@ def embed_pixels(items: Items, *, pca_dim: int | None) -> Embedded:
     return Embedded(vectors, decode_s + transform_s, fit_s)
 
 
-def build_lite0(size: int) -> "keras.Model":
-    """Pretrained EfficientNet-Lite0 feature model taking ``size`` x ``size`` input.
-
-    The network is fully convolutional up to the global average pooling, so the same ImageNet
-    weights fit any input size; :func:`lookalike.pretrained.efficientnet_lite0` takes the size
-    as ``image_size`` (224 by default, the size the weights were trained at).
-
-    Parameters
-    ----------
-    size : int
-        Input side in pixels (a multiple of 32 keeps the stride-2 stages exact).
-
-    Returns
-    -------
-    keras.Model
-        Gives ``(batch, 1280)`` pooled features for ``preprocess``-ed input.
-    """
-    from lookalike import pretrained
-
-    weights = pretrained.read_torch_state_dict(pretrained.lite0_weights_path())
-    model = pretrained.efficientnet_lite0(weights, include_top=False, image_size=size)
-    if tuple(model.input_shape[1:3]) != (size, size):
-        raise RuntimeError(f"built Lite0 takes {model.input_shape}, wanted {size}x{size}")
-    return model
-
-
 def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
     """Pretrained Lite0 features at ``size`` px, decode and inference batch by batch.
 
@@ -287,10 +258,11 @@ def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
     """
     import tensorflow as tf
 
-    from lookalike.pretrained import preprocess
+    from lookalike.models import build_lite0_embedder
 
     start = time.perf_counter()
-    model = build_lite0(size)
+    # The train job's own lite0 embedder: uint8 pixels in, (x - 127) / 128 inside the model.
+    model = build_lite0_embedder(image_size=size)
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     # Warm-up with a full and a last partial batch so no tracing lands in the timed loop.
     infer(tf.zeros((batch_size, size, size, 3), tf.float32))
@@ -303,7 +275,7 @@ def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
     chunks = []
     for i in range(0, len(items.contents), batch_size):
         batch = decode_all(items.contents[i : i + batch_size], size)
-        chunks.append(infer(tf.constant(preprocess(batch))).numpy())
+        chunks.append(infer(tf.constant(batch, tf.float32)).numpy())
     vectors = l2_normalise(np.concatenate(chunks))
     embed_s = time.perf_counter() - start
     return Embedded(vectors, embed_s, fit_s)
