@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from count_spark_jobs import event_files
+from count_spark_jobs import events
 from fault_injection import REPO, WorkLayout, build_work, run_to_end, start
 from standalone_cluster import Cluster, kill_worker, processes, python_workers, start_cluster, start_worker, stop_cluster
 
@@ -130,15 +130,13 @@ def task_failures(event_log: Path) -> tuple[dict[str, int], int]:
     """Failed task ends by reason, and executors removed, in one application's Spark event log."""
     failures: dict[str, int] = {}
     removed = 0
-    for file in event_files(event_log):
-        for line in file.open(encoding="utf-8"):
-            event = json.loads(line)
-            if event["Event"] == "SparkListenerTaskEnd":
-                reason = event["Task End Reason"]["Reason"]
-                if reason != "Success":
-                    failures[reason] = failures.get(reason, 0) + 1
-            elif event["Event"] == "SparkListenerExecutorRemoved":
-                removed += 1
+    for event in events(event_log):
+        if event["Event"] == "SparkListenerTaskEnd":
+            reason = event["Task End Reason"]["Reason"]
+            if reason != "Success":
+                failures[reason] = failures.get(reason, 0) + 1
+        elif event["Event"] == "SparkListenerExecutorRemoved":
+            removed += 1
     return failures, removed
 
 
@@ -149,9 +147,9 @@ def submit_killing_a_worker(report: Report, name: str, argv: list[str], logs: Pa
     The driver writes a Spark event log, from which the tasks the kill failed are counted.
     """
     log = logs / f"{name}.log"
-    events = logs / f"{name}-events"
-    events.mkdir()
-    argv = [*argv, "--set", "spark.spark.eventLog.enabled=true", "--set", f"spark.spark.eventLog.dir=file:{events}",
+    event_dir = logs / f"{name}-events"
+    event_dir.mkdir()
+    argv = [*argv, "--set", "spark.spark.eventLog.enabled=true", "--set", f"spark.spark.eventLog.dir=file:{event_dir}",
             "--set", "spark.spark.eventLog.compress=false"]
     began = time.monotonic()
     process = start(argv, log)
@@ -184,9 +182,9 @@ def submit_killing_a_worker(report: Report, name: str, argv: list[str], logs: Pa
         process.kill()
         raise
     watcher.join(timeout=5)
-    for application in events.iterdir():  # one application: this job's
-        kill.task_failures, kill.executors_removed = task_failures(application)
-        kill.lost_tasks = kill.task_failures.get("ExecutorLostFailure", 0)
+    (application,) = list(event_dir.iterdir())  # this job's, the only application logged there
+    kill.task_failures, kill.executors_removed = task_failures(application)
+    kill.lost_tasks = kill.task_failures.get("ExecutorLostFailure", 0)
     seconds = time.monotonic() - began
     report.jobs.append(JobRun(name=name, master=argv[2], exit_code=code, seconds=round(seconds, 1), log=log.name))
     progress(f"{name}: exit {code} in {seconds:.0f} s; {kill.lost_tasks} tasks lost with the executor, "

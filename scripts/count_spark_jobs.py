@@ -7,6 +7,8 @@
 The stage boundaries are the ``lookalike.runs: stage ...`` lines of the driver log (the last
 refresh in it: in the benchmark, the incremental one); the jobs and SQL executions are read from
 Spark's event log (uncompressed; a rolling log folder's ``events_*`` files are read in order).
+Per stage it also prints the summed run time and task count of the Spark stages submitted in it
+(they overlap, so the sum can exceed the wall time; far below it, the driver is the bottleneck).
 ``--top N`` also lists the N longest SQL executions of the refresh with their stage and call site.
 """
 
@@ -17,6 +19,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Iterator
 
 _STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*lookalike\.runs: stage (\w+): (started|[\d.]+ s)")
 _STAGES_PER_REFRESH = 5  # prepare, ingest, embed, index, publish
@@ -41,29 +44,42 @@ def event_files(path: Path) -> list[Path]:
     return sorted(path.glob("events_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
+def events(path: Path) -> Iterator[dict[str, Any]]:
+    """Every event of an uncompressed Spark event log (one file, or a rolling log folder), in order."""
+    for file in event_files(path):
+        with file.open(encoding="utf-8") as lines:
+            for line in lines:
+                yield json.loads(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("event_log", type=Path)
     parser.add_argument("driver_log", type=Path)
     parser.add_argument("--top", type=int, default=0, help="list the N longest SQL executions")
     args = parser.parse_args()
-    jobs, executions, ended = [], {}, {}
-    for file in event_files(args.event_log):
-        for line in file.open(encoding="utf-8"):
-            event = json.loads(line)
-            if event["Event"] == "SparkListenerJobStart":
-                jobs.append(event["Submission Time"])
-            elif event["Event"].endswith("SparkListenerSQLExecutionStart"):
-                executions[event["executionId"]] = (event["time"], event.get("description", ""), event.get("details", ""))
-            elif event["Event"].endswith("SparkListenerSQLExecutionEnd"):
-                ended[event["executionId"]] = event["time"]
+    jobs, executions, ended, spark_stages = [], {}, {}, []
+    for event in events(args.event_log):
+        if event["Event"] == "SparkListenerJobStart":
+            jobs.append(event["Submission Time"])
+        elif event["Event"] == "SparkListenerStageCompleted":
+            info = event["Stage Info"]
+            spark_stages.append((info["Submission Time"], info["Completion Time"] - info["Submission Time"],
+                                 info["Number of Tasks"]))
+        elif event["Event"].endswith("SparkListenerSQLExecutionStart"):
+            executions[event["executionId"]] = (event["time"], event.get("description", ""), event.get("details", ""))
+        elif event["Event"].endswith("SparkListenerSQLExecutionEnd"):
+            ended[event["executionId"]] = event["time"]
     total_jobs = total_sql = 0
     longest = []
     for name, start, end in stage_windows(args.driver_log):
         n_jobs = sum(start <= t <= end for t in jobs)
         in_stage = [(i, e) for i, e in executions.items() if start <= e[0] <= end]
+        ran = [(ms, tasks) for submitted, ms, tasks in spark_stages if start <= submitted <= end]
         total_jobs, total_sql = total_jobs + n_jobs, total_sql + len(in_stage)
-        print(f"{name:<8} {(end - start) / 1000:6.1f} s  {n_jobs:4d} jobs  {len(in_stage):4d} SQL executions")
+        print(f"{name:<8} {(end - start) / 1000:6.1f} s  {n_jobs:4d} jobs  {len(in_stage):4d} SQL executions  "
+              f"Spark stages {len(ran):3d}, {sum(ms for ms, _ in ran) / 1000:5.1f} s summed, "
+              f"{sum(tasks for _, tasks in ran):4d} tasks")
         longest += [((ended.get(i, t) - t) / 1000, name, description, _call_site(details))
                     for i, (t, description, details) in in_stage]
     print(f"{'total':<8} {'':8}  {total_jobs:4d} jobs  {total_sql:4d} SQL executions")
