@@ -1,6 +1,7 @@
 """One declaration per table; used to create, write, validate and document each table."""
 
 from schemas._table import Column, TableSchema
+from schemas.alternatives import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS
 from schemas.catalog import CATALOG
 from schemas.embeddings import EMBEDDINGS
 from schemas.images import IMAGES
@@ -11,7 +12,11 @@ from schemas.runs import RUNS
 from schemas.similar_items import SIMILAR_ITEMS
 
 ALL_TABLES: tuple[TableSchema, ...] = (
-    CATALOG, IMAGES, QUARANTINE, EMBEDDINGS, SIMILAR_ITEMS, PUBLICATIONS, REFRESH_RUNS, RUNS,
+    CATALOG, IMAGES, QUARANTINE, EMBEDDINGS, SIMILAR_ITEMS, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS,
+    MISCLASSIFIED_ITEMS, PUBLICATIONS, REFRESH_RUNS, RUNS,
 )
 
-__all__ = ["ALL_TABLES", "CATALOG", "Column", "EMBEDDINGS", "IMAGES", "PUBLICATIONS", "QUARANTINE", "REFRESH_RUNS", "RUNS", "SIMILAR_ITEMS", "TableSchema"]
+__all__ = [
+    "ALL_TABLES", "CATALOG", "CHEAPER_ALTERNATIVES", "CROSS_CATEGORY_ITEMS", "Column", "EMBEDDINGS", "IMAGES",
+    "MISCLASSIFIED_ITEMS", "PUBLICATIONS", "QUARANTINE", "REFRESH_RUNS", "RUNS", "SIMILAR_ITEMS", "TableSchema",
+]

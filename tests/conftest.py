@@ -11,6 +11,7 @@ import pytest
 
 from lookalike.config import load_config
 from lookalike.session import build_spark
+from refresh_history import history  # noqa: F401  (a session fixture shared by several modules)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "fashion-products"

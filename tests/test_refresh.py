@@ -1,17 +1,15 @@
 """The nightly refresh on real photos, a real model and real Delta tables.
 
-One module-scoped history: night-1 (full build, trains the model), night-2 (a night of changes
-of every kind, incremental), and the same night-2 catalog built from empty in a second store
-with the same model. Later tests add a third night while a reader polls, and roll back.
+The session's refresh history (tests/refresh_history.py): night-1 (full build, trains the model),
+night-2 (a night of changes of every kind, incremental), and the same night-2 catalog built from
+empty in a second store with the same model. Later tests add a third night while a reader polls,
+and roll back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from delta.tables import DeltaTable
@@ -19,10 +17,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.config import load_config
-from lookalike.demo_catalog import build_demo_catalog, nightly_changes, read_catalog_csv, write_catalog_csv
+from lookalike.demo_catalog import write_catalog_csv
 from lookalike.publish import (
     DELETE_FLAG,
+    PUBLISHED_TABLES,
     apply_changes,
     changes_since,
     latest_publication,
@@ -30,36 +28,13 @@ from lookalike.publish import (
     published_table,
     unfinished_run,
 )
-from lookalike.refresh import AccountingError, RefreshResult, RunConflict, account_for_rows, claim_run, refresh, rollback
+from lookalike.refresh import AccountingError, RunConflict, account_for_rows, claim_run, refresh, rollback
 from lookalike.tables import table_path
 from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, SIMILAR_ITEMS
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 LINEAGE = ["run_id", "catalog_version"]
-SPARE_PHOTOS = 16
-
-
-@dataclass
-class History:
-    """Two stores and the runs made in them."""
-
-    photos: Path
-    incremental: dict
-    full: dict
-    base_csv: Path
-    changed_csv: Path
-    changed_rows: list[dict]
-    affected: dict[str, list[str]]
-    night1: RefreshResult
-    night2: RefreshResult
-    rebuilt: RefreshResult
-
-
-def store_config(root: Path, photos: Path) -> dict:
-    """Test-profile config with its own storage root."""
-    return load_config("test", [f"storage.root={root}", f"catalog.image_root={photos}"], conf_dir=REPO / "conf")
 
 
 def without_lineage(frame: DataFrame) -> DataFrame:
@@ -70,31 +45,6 @@ def without_lineage(frame: DataFrame) -> DataFrame:
 def versions(spark, config) -> dict[str, int]:
     """Latest version of every table."""
     return {t.name: DeltaTable.forPath(spark, table_path(config, t)).history(1).first()["version"] for t in ALL_TABLES}
-
-
-@pytest.fixture(scope="module")
-def history(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> History:
-    work = tmp_path_factory.mktemp("refresh")
-    photos = work / "photos"
-    (photos / "images").mkdir(parents=True)
-    shutil.copy(photo_subset / "labels.csv", photos / "labels.csv")
-    ids = sorted(p.stem for p in (photo_subset / "images").glob("*.jpg") if p.stem.isdigit())
-    for item_id in ids:
-        shutil.copy(photo_subset / "images" / f"{item_id}.jpg", photos / "images" / f"{item_id}.jpg")
-    build_demo_catalog(photos, work / "all.csv", seed=5, item_ids=ids)
-    rows = read_catalog_csv(work / "all.csv")
-    base, spare = rows[:-SPARE_PHOTOS], [r["image_uri"] for r in rows[-SPARE_PHOTOS:]]
-    base_csv = write_catalog_csv(base, work / "night1.csv")
-    changed_rows, affected = nightly_changes(base, spare, fraction=0.06, seed=3)
-    changed_csv = write_catalog_csv(changed_rows, work / "night2.csv")
-
-    incremental = store_config(work / "incremental", photos)
-    night1 = refresh(spark, incremental, catalog_path=str(base_csv), run_id="night-1", train=True)
-    night2 = refresh(spark, incremental, catalog_path=str(changed_csv), run_id="night-2")
-    full = store_config(work / "full", photos)
-    shutil.copytree(work / "incremental" / "models", work / "full" / "models")
-    rebuilt = refresh(spark, full, catalog_path=str(changed_csv), run_id="rebuild")
-    return History(photos, incremental, full, base_csv, changed_csv, changed_rows, affected, night1, night2, rebuilt)
 
 
 def test_every_kind_of_change_is_present(history):
@@ -129,7 +79,7 @@ def test_every_input_row_is_accounted_for_and_a_gap_stops_the_publish(spark, his
 
 def test_incremental_refresh_equals_full_rebuild(spark, history):
     """Night-2 applied incrementally on night-1 gives the tables a build from empty gives."""
-    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+    for table in PUBLISHED_TABLES:
         incremental = published_table(spark, history.incremental, table, history.night2.publication)
         rebuilt = published_table(spark, history.full, table, history.rebuilt.publication)
         dropped = LINEAGE + (["ingested_at"] if table is CATALOG else [])
@@ -264,7 +214,7 @@ def test_rollback_restores_previous_run_exactly(spark, history, third_night):
     restored = rollback(spark, history.incremental, run_id="rollback-1")
     assert (restored.run_id, restored.kind) == ("night-2", "rollback")
     assert latest_publication(spark, history.incremental) == restored
-    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+    for table in PUBLISHED_TABLES:
         assertDataFrameEqual(
             published_table(spark, history.incremental, table, restored),
             published_table(spark, history.incremental, table, history.night2.publication),

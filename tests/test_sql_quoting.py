@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.publish import Publication, register_published_views
+from lookalike.publish import PUBLISHED_TABLES, Publication, register_published_views
 from lookalike.tables import ensure_table, register_tables, table_path
-from schemas import ALL_TABLES, CATALOG
+from schemas import ALL_TABLES, CATALOG, CHEAPER_ALTERNATIVES
 
 HOSTILE_FOLDER = "store 'x'; DROP DATABASE default; -- it\\'s"
 
@@ -27,9 +27,14 @@ def test_hostile_storage_root_is_a_path_not_sql(spark, make_config, tmp_path):
     assert {d.name for d in spark.catalog.listDatabases()} == databases_before | {"quoting_test"}
     registered = spark.sql("DESCRIBE DETAIL quoting_test.catalog").first()["location"]
     assert registered == "file:" + table_path(config, CATALOG)
-    assert len(names) == len(ALL_TABLES) and len(views) == 3
+    assert len(names) == len(ALL_TABLES) and len(views) == len(PUBLISHED_TABLES)
     empty = spark.createDataFrame([], CATALOG.spark_schema)
     assertDataFrameEqual(spark.table("quoting_test.published_catalog"), empty)
+    # A publication from before a table existed names no version of it: its view is empty, not an error.
+    assert publication.version_of(CHEAPER_ALTERNATIVES) is None
+    assertDataFrameEqual(
+        spark.table("quoting_test.published_cheaper_alternatives"), spark.createDataFrame([], CHEAPER_ALTERNATIVES.spark_schema)
+    )
     assertDataFrameEqual(spark.table("quoting_test.catalog"), empty)
 
 

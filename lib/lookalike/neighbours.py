@@ -62,18 +62,76 @@ def top_k_blocked(
         stop = min(start + block_rows, m)
         sims = vectors[queries[start:stop]] @ vectors.T
         sims[np.arange(stop - start), queries[start:stop]] = -np.inf  # never your own neighbour
-        # The kk-th largest score per row; everything above it is in, ties at it go to lower indices.
-        kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1 : kk]
-        above = sims > kth
-        at = sims == kth
-        take_at = (kk - above.sum(axis=1, keepdims=True))
-        chosen = above | (at & (np.cumsum(at, axis=1) <= take_at))
-        index = np.nonzero(chosen)[1].reshape(stop - start, kk)  # ascending index within each row
-        picked = np.take_along_axis(sims, index, axis=1)
-        order = np.argsort(-picked, axis=1, kind="stable")  # stable: equal scores keep index order
-        neighbours[start:stop] = np.take_along_axis(index, order, axis=1)
-        scores[start:stop] = np.take_along_axis(picked, order, axis=1)
+        neighbours[start:stop], scores[start:stop] = _best_per_row(sims, kk)
     return neighbours, scores
+
+
+def _best_per_row(sims: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of the ``kk`` largest entries of every row, best first.
+
+    Ties are broken by the lower column index, so the result does not depend on how
+    ``np.partition`` orders equal values.
+    """
+    rows = sims.shape[0]
+    # The kk-th largest score per row; everything above it is in, ties at it go to lower indices.
+    kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1 : kk]
+    above = sims > kth
+    at = sims == kth
+    take_at = kk - above.sum(axis=1, keepdims=True)
+    chosen = above | (at & (np.cumsum(at, axis=1) <= take_at))
+    index = np.nonzero(chosen)[1].reshape(rows, kk)  # ascending index within each row
+    picked = np.take_along_axis(sims, index, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")  # stable: equal scores keep index order
+    return np.take_along_axis(index, order, axis=1), np.take_along_axis(picked, order, axis=1).astype(np.float32)
+
+
+def top_k_allowed(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    allowed: Callable[[slice], np.ndarray],
+    *,
+    block_rows: int = 1024,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k candidates of every query row among the candidates ``allowed`` says it may have.
+
+    Parameters
+    ----------
+    queries : numpy.ndarray
+        ``(m, d)`` L2-normalised rows.
+    candidates : numpy.ndarray
+        ``(n, d)`` L2-normalised rows.
+    k : int
+        Most neighbours per query; fewer when fewer candidates are allowed.
+    allowed : callable
+        Given a slice of query rows, a boolean ``(rows, n)`` mask of the candidates each may list.
+    block_rows : int
+        Query rows per matrix product, so memory is ``block_rows x n``.
+
+    Returns
+    -------
+    query_rows, candidate_rows : numpy.ndarray
+        Flat pairs, each query's best first; ties go to the lower candidate index.
+    scores : numpy.ndarray
+        Matching similarities, float32 (products summed in float64, as in ``top_k_blocked``).
+    """
+    m, n = queries.shape[0], candidates.shape[0]
+    kk = min(k, n)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if kk <= 0 or m == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float64)
+    candidates = np.ascontiguousarray(candidates, dtype=np.float64)
+    for start in range(0, m, block_rows):
+        block = slice(start, min(start + block_rows, m))
+        sims = queries[block] @ candidates.T
+        sims[~allowed(block)] = -np.inf
+        index, scores = _best_per_row(sims, kk)
+        keep = np.isfinite(scores)  # a row with fewer than kk allowed candidates gets a shorter list
+        query_rows = np.broadcast_to(np.arange(block.start, block.stop)[:, None], index.shape)
+        found.append((query_rows[keep], index[keep], scores[keep]))
+    return tuple(np.concatenate(parts) for parts in zip(*found))  # type: ignore[return-value]
 
 
 # Per-item flags the partition function reads besides the embeddings columns.

@@ -33,7 +33,16 @@ from lookalike.tables import (
     table_path,
     table_version,
 )
-from schemas import CATALOG, EMBEDDINGS, PUBLICATIONS, SIMILAR_ITEMS, TableSchema
+from schemas import (
+    CATALOG,
+    CHEAPER_ALTERNATIVES,
+    CROSS_CATEGORY_ITEMS,
+    EMBEDDINGS,
+    MISCLASSIFIED_ITEMS,
+    PUBLICATIONS,
+    SIMILAR_ITEMS,
+    TableSchema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +51,16 @@ PUBLISHED_KEYS: dict[str, tuple[str, ...]] = {
     CATALOG.name: ("item_id",),
     EMBEDDINGS.name: ("item_id",),
     SIMILAR_ITEMS.name: ("item_id", "rank"),
+    CHEAPER_ALTERNATIVES.name: ("item_id", "rank"),
+    CROSS_CATEGORY_ITEMS.name: ("item_id", "rank"),
+    MISCLASSIFIED_ITEMS.name: ("item_id",),
 }
-PUBLISHED_TABLES: tuple[TableSchema, ...] = (CATALOG, EMBEDDINGS, SIMILAR_ITEMS)
+PUBLISHED_TABLES: tuple[TableSchema, ...] = (
+    CATALOG, EMBEDDINGS, SIMILAR_ITEMS, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS,
+)
+# Lists derived from the embeddings, recomputed whole by every run (see lookalike.alternatives).
+DERIVED_TABLES: tuple[TableSchema, ...] = (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS)
+LINEAGE_COLUMNS = ("run_id", "catalog_version")
 DELETE_FLAG = "_delete"
 _METADATA_PREFIX = "lookalike:"
 
@@ -60,10 +77,15 @@ class Publication:
     embeddings_version: int
     similar_items_version: int
     input_fingerprint: str | None = None
+    # Null in publications made before these tables existed.
+    cheaper_alternatives_version: int | None = None
+    cross_category_items_version: int | None = None
+    misclassified_items_version: int | None = None
 
-    def version_of(self, table: TableSchema) -> int:
-        """The version of ``table`` that belongs to this publication."""
-        return int(getattr(self, f"{table.name}_version"))
+    def version_of(self, table: TableSchema) -> int | None:
+        """The version of ``table`` that belongs to this publication; None if the run published none."""
+        version = getattr(self, f"{table.name}_version")
+        return None if version is None else int(version)
 
 
 def publications(spark: SparkSession, config: Mapping[str, Any]) -> list[Publication]:
@@ -90,9 +112,10 @@ def published_table(
     Read every table of one run through the same ``publication`` to see one whole run.
     """
     publication = publication if publication is not None else latest_publication(spark, config)
-    if publication is None:
+    version = publication.version_of(table) if publication is not None else None
+    if version is None:
         return spark.createDataFrame([], table.spark_schema)
-    return read_table(spark, config, table, version=publication.version_of(table))
+    return read_table(spark, config, table, version=version)
 
 
 def published_snapshot(spark: SparkSession, config: Mapping[str, Any]) -> tuple[Publication | None, dict[str, DataFrame]]:
@@ -117,7 +140,7 @@ def last_writer(spark: SparkSession, config: Mapping[str, Any], table: TableSche
 def unfinished_run(spark: SparkSession, config: Mapping[str, Any], publication: Publication | None) -> str | None:
     """The run that changed a published table after the latest publication and never published, if any."""
     published_seq = publication.run_seq if publication else 0
-    for table in (EMBEDDINGS, SIMILAR_ITEMS):
+    for table in (EMBEDDINGS, SIMILAR_ITEMS, *DERIVED_TABLES):
         writer = last_writer(spark, config, table)
         if writer and writer[1] > published_seq:
             return writer[0]
@@ -188,27 +211,54 @@ def _run_commit(spark: SparkSession, run_id: str, run_seq: int, app_id: str) -> 
         spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
 
 
-def sync_to_version(
-    spark: SparkSession, config: Mapping[str, Any], table: TableSchema, version: int, *, run_id: str, run_seq: int
+def replace_rows(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    table: TableSchema,
+    source: DataFrame,
+    *,
+    run_id: str,
+    run_seq: int,
+    app_id: str,
+    compare: Sequence[str] | None = None,
 ) -> dict[str, int]:
-    """Make ``table``'s rows equal to its rows at ``version`` with one MERGE (time travel as the source).
+    """Make ``table``'s rows equal to ``source`` with one MERGE on the table's key, writing only rows that differ.
 
-    Unlike RESTORE, only rows that differ are written, so the change feed shows exactly what changed back.
+    Unlike an overwrite, rows equal in the ``compare`` columns (default: all) are left as they
+    are, so the change feed shows exactly what changed. Idempotent per ``app_id`` and ``run_seq``.
+
+    Returns
+    -------
+    dict
+        ``inserted``, ``updated``, ``deleted`` rows.
     """
     key = PUBLISHED_KEYS[table.name]
-    source = read_table(spark, config, table, version=version)
     on = " AND ".join(f"t.`{c}` = s.`{c}`" for c in key)
-    with _run_commit(spark, run_id, run_seq, f"lookalike.rollback.{table.name}"):
+    with _run_commit(spark, run_id, run_seq, app_id):
         metrics = (
             DeltaTable.forPath(spark, table_path(config, table)).alias("t")
-            .merge(source.alias("s"), on)
-            .whenMatchedUpdateAll(condition=_differs(table.column_names))
+            .merge(conform(source, table).alias("s"), on)
+            .whenMatchedUpdateAll(condition=_differs(compare or table.column_names))
             .whenNotMatchedInsertAll()
             .whenNotMatchedBySourceDelete()
             .execute()
             .first()
         )
     return _merge_counts(metrics)
+
+
+def sync_to_version(
+    spark: SparkSession, config: Mapping[str, Any], table: TableSchema, version: int | None, *, run_id: str, run_seq: int
+) -> dict[str, int]:
+    """Make ``table``'s rows equal to its rows at ``version`` (empty for None) with one MERGE (time travel as the source).
+
+    Unlike RESTORE, only rows that differ are written, so the change feed shows exactly what changed back.
+    """
+    source = (
+        spark.createDataFrame([], table.spark_schema) if version is None
+        else read_table(spark, config, table, version=version)
+    )
+    return replace_rows(spark, config, table, source, run_id=run_id, run_seq=run_seq, app_id=f"lookalike.rollback.{table.name}")
 
 
 def commit_publication(
@@ -250,9 +300,12 @@ def register_published_views(spark: SparkSession, config: Mapping[str, Any], pub
     names = []
     for table in PUBLISHED_TABLES:
         name = f"`{database}`.`published_{checked_identifier(table.name)}`"
+        version = publication.version_of(table)
+        # A run from before the table existed published none of its rows.
+        source = "WHERE false" if version is None else f"VERSION AS OF {int(version)}"
         spark.sql(
             f"CREATE OR REPLACE VIEW {name} COMMENT {sql_string('run ' + publication.run_id)} AS "
-            f"SELECT * FROM {delta_path_sql(table_path(config, table))} VERSION AS OF {int(publication.version_of(table))}"
+            f"SELECT * FROM {delta_path_sql(table_path(config, table))} {source}"
         )
         names.append(name)
     return names
@@ -269,8 +322,8 @@ def changes_since(
     published since.
     """
     publication = publication if publication is not None else latest_publication(spark, config)
-    until = publication.version_of(table) if publication else -1
-    if until <= since_version:
+    until = publication.version_of(table) if publication else None
+    if until is None or until <= since_version:
         return spark.createDataFrame([], table.spark_schema).select(
             "*", F.lit(None).cast("string").alias("_change_type"), F.lit(None).cast("long").alias("_commit_version")
         )
@@ -291,7 +344,7 @@ def ensure_published_tables(spark: SparkSession, config: Mapping[str, Any]) -> N
 
 
 __all__ = [
-    "Publication", "apply_changes", "changes_since", "commit_publication", "latest_publication", "last_writer",
-    "published_snapshot", "published_table", "publications", "register_published_views",
-    "sync_to_version", "unfinished_run",
+    "DERIVED_TABLES", "PUBLISHED_TABLES", "Publication", "apply_changes", "changes_since", "commit_publication",
+    "latest_publication", "last_writer", "published_snapshot", "published_table", "publications", "register_published_views",
+    "replace_rows", "sync_to_version", "unfinished_run",
 ]

@@ -23,11 +23,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
+from lookalike.alternatives import derived_tables
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
 from lookalike.publish import (
     DELETE_FLAG,
+    LINEAGE_COLUMNS,
+    PUBLISHED_TABLES,
     Publication,
     apply_changes,
     commit_publication,
@@ -35,6 +38,7 @@ from lookalike.publish import (
     publications,
     published_table,
     register_published_views,
+    replace_rows,
     sync_to_version,
     unfinished_run,
 )
@@ -359,10 +363,28 @@ def refresh(
             lists = _staged(spark, f"{staging}/similar_items")
         else:
             log.info("index: reusing the lists staged by an earlier attempt of run %s", run_id)
+    state = new_state(previous_embeddings, changes).persist()
+    try:
+        with timer.stage("alternatives"):
+            published_items = state.count()  # fills the cache the derived tables read
+            derived_merges = {}
+            derived = derived_tables(
+                spark, config, state=state, catalog=read_table(spark, config, CATALOG, version=catalog_version),
+                classes=manifest.classes, run_id=run_id, catalog_version=catalog_version,
+            )
+            # Recomputed whole and merged row by row: only rows that changed are written.
+            for table, rows in derived:
+                content = [c for c in table.column_names if c not in LINEAGE_COLUMNS]
+                derived_merges[table.name] = replace_rows(
+                    spark, config, table, rows, run_id=run_id, run_seq=run_seq,
+                    app_id=f"lookalike.publish.{table.name}", compare=content,
+                )
+    finally:
+        state.unpersist()
     with timer.stage("publish"):
         accounting = account_for_rows(
             spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
-            published_items=new_state(previous_embeddings, changes).count(),
+            published_items=published_items,
         )
         embeddings_merge = apply_changes(spark, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq)
         lists_merge = apply_changes(spark, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq)
@@ -378,6 +400,8 @@ def refresh(
         }
         if recomputed is not None:
             figures["lists_recomputed"] = recomputed
+        for name, merged in derived_merges.items():
+            figures.update({f"{name}_rows_{kind}": n for kind, n in merged.items()})
         figures.update(accounting)
         figures.update(items_ingested=ingested.ingested, photos_read=ingested.photos_read,
                        catalog_rows_changed=ingested.changed, catalog_rows_deleted=ingested.deleted)
@@ -447,7 +471,7 @@ def rollback(
     )
     if done:
         return history[-1]
-    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+    for table in PUBLISHED_TABLES:
         counts = sync_to_version(spark, config, table, target.version_of(table), run_id=run_id, run_seq=run_seq)
         log.info("rollback %s: %s restored to version %d of run %s: %s", run_id, table.name,
                  target.version_of(table), target.run_id, counts)

@@ -1,0 +1,75 @@
+"""Lists derived from the embeddings for shoppers and merchandisers: cheaper look-alikes,
+look-alikes in other categories, and items whose photo disagrees with their given category."""
+
+from pyspark.sql.types import DoubleType, FloatType, IntegerType, LongType, StringType
+
+from schemas._table import Column, TableSchema
+
+_LINEAGE = (
+    Column("model_version", StringType(), "Model bundle the embeddings came from.", nullable=False),
+    Column("run_id", StringType(), "Run that last changed the row.", nullable=False),
+    Column("catalog_version", LongType(), "Version of the catalog table the row was computed from.", nullable=False),
+)
+
+CHEAPER_ALTERNATIVES = TableSchema(
+    name="cheaper_alternatives",
+    comment=(
+        "For every item, the most similar items of the same category that cost less (any lower price, "
+        "across price bands), in stock unless alternatives.cheaper_in_stock_only is false."
+    ),
+    change_data_feed=True,
+    columns=(
+        Column("category", StringType(), "Partition: category of the item and its alternatives.", nullable=False),
+        Column("item_id", StringType(), "The item the list is for.", nullable=False),
+        Column("item_price", DoubleType(), "Price of the item.", nullable=False),
+        Column("rank", IntegerType(), "1 = most similar; ties broken by alternative_id.", nullable=False),
+        Column("alternative_id", StringType(), "A cheaper look-alike.", nullable=False),
+        Column("alternative_price", DoubleType(), "Its price; always below item_price.", nullable=False),
+        Column("alternative_price_band", IntegerType(), "Its price band (0 = cheapest).", nullable=False),
+        Column("score", FloatType(), "Cosine similarity of the two embeddings, in [-1, 1].", nullable=False),
+        *_LINEAGE,
+    ),
+    partition_by=("category",),
+    constraints={
+        "alternative_costs_less": "alternative_price < item_price",
+        "rank_is_positive": "rank >= 1",
+        "not_self": "item_id <> alternative_id",
+    },
+)
+
+CROSS_CATEGORY_ITEMS = TableSchema(
+    name="cross_category_items",
+    comment="For every item, the most similar items of other categories (e.g. a braided belt -> braided shoes), any price.",
+    change_data_feed=True,
+    columns=(
+        Column("category", StringType(), "Partition: category of the item.", nullable=False),
+        Column("item_id", StringType(), "The item the list is for.", nullable=False),
+        Column("rank", IntegerType(), "1 = most similar; ties broken by neighbour_id.", nullable=False),
+        Column("neighbour_id", StringType(), "A look-alike of another category.", nullable=False),
+        Column("neighbour_category", StringType(), "Its category; never the item's.", nullable=False),
+        Column("neighbour_price", DoubleType(), "Its price.", nullable=False),
+        Column("score", FloatType(), "Cosine similarity of the two embeddings, in [-1, 1].", nullable=False),
+        *_LINEAGE,
+    ),
+    partition_by=("category",),
+    constraints={"other_category": "neighbour_category <> category", "rank_is_positive": "rank >= 1"},
+)
+
+MISCLASSIFIED_ITEMS = TableSchema(
+    name="misclassified_items",
+    comment=(
+        "Items whose given category is one the classifier knows but whose photo it puts in another category: "
+        "catalog quality issues to review, most confident first."
+    ),
+    change_data_feed=True,
+    columns=(
+        Column("item_id", StringType(), "Catalog item id.", nullable=False),
+        Column("given_category", StringType(), "Category from the catalog.", nullable=False),
+        Column("predicted_category", StringType(), "Classifier's most probable category.", nullable=False),
+        Column("confidence", FloatType(), "Classifier's probability for predicted_category.", nullable=False),
+        Column("price", DoubleType(), "Item price.", nullable=False),
+        Column("image_hash", StringType(), "SHA-256 of the photo that was scored.", nullable=False),
+        *_LINEAGE,
+    ),
+    constraints={"categories_differ": "given_category <> predicted_category"},
+)
