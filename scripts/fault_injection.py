@@ -285,7 +285,7 @@ def stage_at_kill(log: Path) -> str:
     -------
     str
         ``startup`` (no stage started yet), a stage name (``prepare``, ``ingest``, ``embed``,
-        ``index``, ``publish``), ``publish (pointer committed)``, ``after <stage>`` (between
+        ``index``, ``alternatives``, ``publish``), ``publish (pointer committed)``, ``after <stage>`` (between
         stages; ``after publish`` is the clean-up after the pointer row), or ``already published``.
     """
     text = log.read_text(encoding="utf-8", errors="replace")

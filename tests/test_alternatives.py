@@ -8,6 +8,9 @@ embeddings and catalog, and against the rules shoppers rely on (every alternativ
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +21,7 @@ from lookalike.alternatives import _ranks
 from lookalike.model_store import load_manifest
 from lookalike.neighbours import top_k_allowed
 from lookalike.publish import published_table, register_published_views
+from lookalike.tables import register_tables
 from schemas import CATALOG, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, EMBEDDINGS, MISCLASSIFIED_ITEMS
 
 
@@ -165,3 +169,25 @@ def test_published_views_serve_the_derived_tables(spark, history):
         assertDataFrameEqual(
             spark.table(f"{database}.published_{table.name}"), published_table(spark, config, table, publication)
         )
+
+
+def readme_sql_statements() -> list[str]:
+    """The statements of the README's SQL example block, in order."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```sql\n(.*?)```", text, re.S).group(1)
+    statements = [re.sub(r"--[^\n]*", "", s).strip() for s in block.split(";")]
+    return [s for s in statements if s]
+
+
+def test_readme_sql_examples_run_on_the_published_tables(spark, history):
+    """Every query of the README's SQL block runs; the misclassification one returns what its table says."""
+    config, publication = history.incremental, history.night2.publication
+    register_tables(spark, config)
+    register_published_views(spark, config, publication)
+    statements = readme_sql_statements()
+    assert len(statements) == 3
+    results = [spark.sql(statement).collect() for statement in statements]
+    confident = published(spark, history, MISCLASSIFIED_ITEMS).where("confidence > 0.9").toPandas()
+    expected = sorted(confident["confidence"].round(2), reverse=True)[:20]  # ties may come in any order
+    assert [r["confidence"] for r in results[1]] == pytest.approx(expected, abs=0.011)
+    assert {r["item_id"] for r in results[1]} <= set(confident["item_id"])

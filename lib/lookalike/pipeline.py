@@ -12,7 +12,7 @@ from lookalike.model_store import load_metrics
 from lookalike.publish import published_table
 from lookalike.refresh import refresh
 from lookalike.runs import StageTimer
-from schemas import EMBEDDINGS, SIMILAR_ITEMS
+from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, EMBEDDINGS, MISCLASSIFIED_ITEMS, SIMILAR_ITEMS, TableSchema
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ def run_pipeline(
     metrics = load_metrics(spark, config, model_version)
     figures = result.figures
     quarantined = {name[len("quarantined_"):]: int(n) for name, n in figures.items() if name.startswith("quarantined_")}
+
+    def items_listed(table: TableSchema) -> int:
+        return published_table(spark, config, table, result.publication).select("item_id").distinct().count()
+
     summary: dict[str, Any] = {
         "run_id": run_id,
         "model_version": model_version,
@@ -63,6 +67,9 @@ def run_pipeline(
         "photos_scored": int(figures.get("photos_scored", 0)),
         "items_indexed": published_table(spark, config, SIMILAR_ITEMS).select("item_id").distinct().count(),
         "neighbour_rows": published_table(spark, config, SIMILAR_ITEMS).count(),
+        "items_with_cheaper_alternatives": items_listed(CHEAPER_ALTERNATIVES),
+        "items_with_cross_category_items": items_listed(CROSS_CATEGORY_ITEMS),
+        "items_misclassified": items_listed(MISCLASSIFIED_ITEMS),
         "lists_recomputed": int(figures.get("lists_recomputed", 0)),
         "lists_changed": int(figures.get("lists_changed", 0)),
         "classifier_holdout_accuracy": metrics["classifier"]["accuracy"],
@@ -88,6 +95,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  items quarantined     {summary['items_quarantined']:>8}   ({reasons})",
         f"  items embedded        {summary['items_embedded']:>8}",
         f"  items indexed         {summary['items_indexed']:>8}   ({summary['neighbour_rows']} neighbour rows)",
+        f"  cheaper alternatives  {summary['items_with_cheaper_alternatives']:>8}   items with at least one",
+        f"  cross-category lists  {summary['items_with_cross_category_items']:>8}   items",
+        f"  misclassified         {summary['items_misclassified']:>8}   items whose photo the classifier files elsewhere",
         f"  classifier accuracy   {pct(summary['classifier_holdout_accuracy']):>8}   (held-out split)",
         f"  articleType P@10      {pct(summary['article_type_precision_at_10']):>8}   "
         f"(over {summary['items_evaluated']} labelled items; random list in same partition: "
