@@ -5,6 +5,7 @@ from schemas.alternatives import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MIS
 from schemas.catalog import CATALOG
 from schemas.embeddings import EMBEDDINGS
 from schemas.images import IMAGES
+from schemas.list_quality import LIST_QUALITY
 from schemas.publications import PUBLICATIONS
 from schemas.quarantine import QUARANTINE
 from schemas.refresh_runs import REFRESH_RUNS
@@ -13,10 +14,10 @@ from schemas.similar_items import SIMILAR_ITEMS
 
 ALL_TABLES: tuple[TableSchema, ...] = (
     CATALOG, IMAGES, QUARANTINE, EMBEDDINGS, SIMILAR_ITEMS, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS,
-    MISCLASSIFIED_ITEMS, PUBLICATIONS, REFRESH_RUNS, RUNS,
+    MISCLASSIFIED_ITEMS, PUBLICATIONS, REFRESH_RUNS, RUNS, LIST_QUALITY,
 )
 
 __all__ = [
     "ALL_TABLES", "CATALOG", "CHEAPER_ALTERNATIVES", "CROSS_CATEGORY_ITEMS", "Column", "EMBEDDINGS", "IMAGES",
-    "MISCLASSIFIED_ITEMS", "PUBLICATIONS", "QUARANTINE", "REFRESH_RUNS", "RUNS", "SIMILAR_ITEMS", "TableSchema",
+    "LIST_QUALITY", "MISCLASSIFIED_ITEMS", "PUBLICATIONS", "QUARANTINE", "REFRESH_RUNS", "RUNS", "SIMILAR_ITEMS", "TableSchema",
 ]

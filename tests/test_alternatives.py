@@ -1,4 +1,4 @@
-"""Cheaper alternatives, cross-category look-alikes and the misclassification table.
+"""Cheaper alternatives, cross-category look-alikes, the misclassification table and list quality.
 
 The exact search is checked against a brute-force sort on random vectors with ties; the
 published tables of the session's refresh history (real photos, a real model, real Delta
@@ -21,8 +21,17 @@ from lookalike.alternatives import _ranks
 from lookalike.model_store import load_manifest
 from lookalike.neighbours import top_k_allowed
 from lookalike.publish import published_table, register_published_views
-from lookalike.tables import register_tables
-from schemas import CATALOG, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, EMBEDDINGS, MISCLASSIFIED_ITEMS
+from lookalike.evaluation import partition_quality
+from lookalike.tables import read_table, register_tables
+from schemas import (
+    CATALOG,
+    CHEAPER_ALTERNATIVES,
+    CROSS_CATEGORY_ITEMS,
+    EMBEDDINGS,
+    LIST_QUALITY,
+    MISCLASSIFIED_ITEMS,
+    SIMILAR_ITEMS,
+)
 
 
 def brute_force(queries: np.ndarray, candidates: np.ndarray, k: int, mask: np.ndarray) -> list[tuple[int, int, float]]:
@@ -191,3 +200,17 @@ def test_readme_sql_examples_run_on_the_published_tables(spark, history):
     expected = sorted(confident["confidence"].round(2), reverse=True)[:20]  # ties may come in any order
     assert [r["confidence"] for r in results[1]] == pytest.approx(expected, abs=0.011)
     assert {r["item_id"] for r in results[1]} <= set(confident["item_id"])
+
+
+def test_every_run_records_its_list_quality_per_partition(spark, history):
+    """night-2's rows in list_quality are the per-partition precision of night-2's published lists."""
+    config, publication = history.incremental, history.night2.publication
+    k = min(int(config["index"]["quality_k"]), int(config["index"]["k"]))
+    expected = partition_quality(
+        published(spark, history, SIMILAR_ITEMS), published(spark, history, EMBEDDINGS),
+        published(spark, history, CATALOG), k=k,
+    )
+    recorded = read_table(spark, config, LIST_QUALITY).where(F.col("run_id") == "night-2")
+    assertDataFrameEqual(recorded.drop("run_id", "model_version", "k", "measured_at"), expected)
+    assert {(r["model_version"], r["k"]) for r in recorded.collect()} == {(publication.model_version, k)}
+    assert expected.count() >= 5  # one row per partition with a labelled item to measure

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lookalike.evaluation import article_type_precision, random_list_precision
+from pyspark.testing import assertDataFrameEqual
+
+from lookalike.evaluation import article_type_precision, partition_quality, random_list_precision
 
 LISTS_SCHEMA = "item_id string, rank int, neighbour_id string"
 CATALOG_SCHEMA = "item_id string, article_type string"
@@ -46,3 +48,26 @@ def test_random_baseline_is_the_chance_of_a_same_type_neighbour_in_the_partition
         "item_id string, category string, price_band int",
     )
     assert random_list_precision(embeddings, catalog) == pytest.approx((3 * (2 / 3) + 0) / 4)
+
+
+def test_partition_quality_measures_each_partition_on_its_own(spark, catalog):
+    """Band 1 (a, b, c): a scores 1/2 (strict 1/2), c scores 0 -> 1/4; band 2 (e): its one labelled neighbour a is a hit.
+
+    Random baseline: band 1 holds a, b (Tshirts) and c (Shirts): (2 x 1/2 + 0) / 3; band 2 has
+    one labelled item (e) and no baseline.
+    """
+    embeddings = spark.createDataFrame(
+        [("a", "Topwear", 1), ("b", "Topwear", 1), ("c", "Topwear", 1), ("e", "Topwear", 2), ("d", "Topwear", 2)],
+        "item_id string, category string, price_band int",
+    )
+    lists = spark.createDataFrame(
+        [("Topwear", 1, "a", 1, "b"), ("Topwear", 1, "a", 2, "c"), ("Topwear", 1, "c", 1, "a"),
+         ("Topwear", 1, "c", 2, "b"), ("Topwear", 2, "e", 1, "a"), ("Topwear", 2, "e", 2, "d")],
+        "category string, price_band int, item_id string, rank int, neighbour_id string",
+    )
+    expected = spark.createDataFrame(
+        [("Topwear", 1, 2, 0.25, 0.25, 1 / 3), ("Topwear", 2, 1, 1.0, 0.5, None)],
+        "category string, price_band int, items_evaluated long, precision_at_k double, "
+        "strict_precision_at_k double, random_list_precision double",
+    )
+    assertDataFrameEqual(partition_quality(lists, embeddings, catalog, k=2), expected)

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
 from lookalike.alternatives import derived_tables
+from lookalike.evaluation import record_list_quality
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
@@ -388,6 +389,9 @@ def refresh(
         )
         embeddings_merge = apply_changes(spark, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq)
         lists_merge = apply_changes(spark, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq)
+        quality_partitions = record_list_quality(
+            spark, config, run_id=run_id, run_seq=run_seq, model_version=manifest.version, catalog_version=catalog_version,
+        )
         figures: dict[str, float] = {
             "embeddings_inserted": embeddings_merge["inserted"],
             "embeddings_updated": embeddings_merge["updated"],
@@ -397,6 +401,7 @@ def refresh(
             "list_rows_deleted": lists_merge["deleted"],
             "lists_changed": lists.select("item_id").distinct().count(),  # rewritten, shortened or removed
             "catalog_version": catalog_version,
+            "list_quality_partitions": quality_partitions,
         }
         if recomputed is not None:
             figures["lists_recomputed"] = recomputed
