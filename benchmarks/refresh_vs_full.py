@@ -27,24 +27,25 @@ from pyspark.sql import functions as F
 from lookalike.cli import setup_logging
 from lookalike.config import load_config
 from lookalike.demo_catalog import build_demo_catalog, nightly_changes, read_catalog_csv, write_catalog_csv
-from lookalike.publish import published_table
+from lookalike.publish import PUBLISHED_KEYS, PUBLISHED_TABLES, published_table
 from lookalike.refresh import refresh
 from lookalike.session import build_spark
-from schemas import CATALOG, EMBEDDINGS, SIMILAR_ITEMS
 
 log = logging.getLogger("lookalike.benchmarks.refresh")
 
 
 # Float columns may differ in the last bits: TensorFlow's results depend slightly on which photos
 # share a batch. They are compared within a tolerance; every other column exactly.
-FLOAT_COLUMNS = {"embeddings": ("embedding", "confidence"), "similar_items": ("score",)}
-KEYS = {"catalog": ("item_id",), "embeddings": ("item_id",), "similar_items": ("item_id", "rank")}
+FLOAT_COLUMNS = {
+    "embeddings": ("embedding", "confidence"), "similar_items": ("score",), "cheaper_alternatives": ("score",),
+    "cross_category_items": ("score",), "misclassified_items": ("confidence",),
+}
 
 
 def compare_stores(spark, config_a: dict, config_b: dict) -> dict[str, dict]:
     """Per published table: whether the rows are equal (lineage aside) and the largest float difference."""
     result = {}
-    for table in (CATALOG, EMBEDDINGS, SIMILAR_ITEMS):
+    for table in PUBLISHED_TABLES:
         drop = ["run_id", "catalog_version", "ingested_at"]
         a = published_table(spark, config_a, table).drop(*drop)
         b = published_table(spark, config_b, table).drop(*drop)
@@ -53,7 +54,7 @@ def compare_stores(spark, config_a: dict, config_b: dict) -> dict[str, dict]:
         equal = exact_a.exceptAll(exact_b).isEmpty() and exact_b.exceptAll(exact_a).isEmpty()
         largest = 0.0
         if floats:
-            keys = list(KEYS[table.name])
+            keys = list(PUBLISHED_KEYS[table.name])
             joined = a.alias("a").join(b.alias("b"), keys)
             diffs = []
             for column in floats:

@@ -31,6 +31,18 @@ def _ranks(query_rows: np.ndarray) -> np.ndarray:
     return (np.arange(len(query_rows)) - starts + 1).astype(np.int32)
 
 
+def _scored_lineage(
+    group: pd.DataFrame, queries: np.ndarray, scores: np.ndarray, run_id: str, catalog_version: int
+) -> dict[str, Any]:
+    """The score and lineage columns of list rows, the model version being the query item's."""
+    return {
+        "score": scores,
+        "model_version": group["model_version"].to_numpy()[queries],
+        "run_id": run_id,
+        "catalog_version": catalog_version,
+    }
+
+
 def _cheaper_lists(
     k: int, in_stock_only: bool, block_rows: int, run_id: str, catalog_version: int
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -55,10 +67,7 @@ def _cheaper_lists(
                 "alternative_id": group["item_id"].to_numpy()[found],
                 "alternative_price": price[found],
                 "alternative_price_band": group["price_band"].to_numpy()[found],
-                "score": scores,
-                "model_version": group["model_version"].to_numpy()[queries],
-                "run_id": run_id,
-                "catalog_version": catalog_version,
+                **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
 
@@ -89,10 +98,7 @@ def _cross_category_lists(
                 "neighbour_id": ids[found],
                 "neighbour_category": categories[found],
                 "neighbour_price": prices[found],
-                "score": scores,
-                "model_version": group["model_version"].to_numpy()[queries],
-                "run_id": run_id,
-                "catalog_version": catalog_version,
+                **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
 
