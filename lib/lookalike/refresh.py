@@ -367,7 +367,11 @@ def refresh(
     state = new_state(previous_embeddings, changes).persist()
     try:
         with timer.stage("alternatives"):
-            published_items = state.count()  # fills the cache the derived tables read
+            # Checked before any published table is written: a gap publishes nothing and blocks no later run.
+            accounting = account_for_rows(
+                spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
+                published_items=state.count(),  # also fills the cache the derived tables read
+            )
             derived_merges = {}
             derived = derived_tables(
                 spark, config, state=state, catalog=read_table(spark, config, CATALOG, version=catalog_version),
@@ -383,10 +387,6 @@ def refresh(
     finally:
         state.unpersist()
     with timer.stage("publish"):
-        accounting = account_for_rows(
-            spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
-            published_items=published_items,
-        )
         embeddings_merge = apply_changes(spark, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq)
         lists_merge = apply_changes(spark, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq)
         quality_partitions = record_list_quality(
