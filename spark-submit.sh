@@ -43,14 +43,7 @@ $master_given || spark_args=(--master "local[*]" "${spark_args[@]}")
 $driver_memory_given || spark_args=(--driver-memory "${LOOKALIKE_DRIVER_MEMORY:-6g}" "${spark_args[@]}")
 
 # Ship the library (and the table schemas) to the executors as one zip.
-mkdir -p dist
-.venv/bin/python - <<'PY'
-import pathlib, zipfile
-with zipfile.ZipFile("dist/lookalike.zip", "w", zipfile.ZIP_DEFLATED) as archive:
-    for package, root in (("lookalike", pathlib.Path("lib/lookalike")), ("schemas", pathlib.Path("schemas"))):
-        for path in sorted(root.rglob("*.py")):
-            archive.write(path, f"{package}/{path.relative_to(root)}")
-PY
+.venv/bin/python scripts/package_lib.py --out dist/lookalike.zip
 
 # Executors run the project's interpreter (same path on every node), the shipped environment's, or
 # the one given with --conf spark.pyspark.python=... (e.g. the Python of a Kubernetes image).

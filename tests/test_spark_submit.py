@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,25 @@ def test_wrapper_keeps_an_interpreter_the_user_names():
     assert [c for c in option_values(command, "--conf") if c.startswith("spark.pyspark.python=")] == [
         "spark.pyspark.python=/opt/env/bin/python"
     ]
+
+
+def test_library_archive_holds_every_module_of_the_library_and_schemas(tmp_path: Path):
+    """scripts/package_lib.py (run by the wrapper and the Airflow DAG) zips every module, and the zip alone imports."""
+    out = tmp_path / "lookalike.zip"
+    subprocess.run([str(REPO / ".venv" / "bin" / "python"), "scripts/package_lib.py", "--out", str(out)], cwd=REPO,
+                   check=True, timeout=60)
+    with zipfile.ZipFile(out) as archive:
+        names = sorted(archive.namelist())
+    expected = sorted(
+        [f"lookalike/{p.relative_to(REPO / 'lib' / 'lookalike')}" for p in (REPO / "lib" / "lookalike").rglob("*.py")]
+        + [f"schemas/{p.relative_to(REPO / 'schemas')}" for p in (REPO / "schemas").rglob("*.py")]
+    )
+    assert names == expected
+    # Imported from the zip alone (as an executor does), not from the checkout.
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import lookalike.alternatives, schemas; "
+             "print(lookalike.alternatives.__file__); print(len(schemas.ALL_TABLES))")
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-I", "-c", probe, str(out)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    module_file, tables = result.stdout.split()
+    assert module_file == str(out / "lookalike" / "alternatives.py") and int(tables) == len(ALL_TABLES)

@@ -1,0 +1,66 @@
+"""Airflow DAG: the nightly look-alike refresh, one run per night, the night's date as run id.
+
+Install on the Airflow workers: ``apache-airflow-providers-apache-spark``, and a checkout of this
+repository at ``LOOKALIKE_HOME`` with ``make setup`` run (it fetches the Delta jars into
+``.jars/`` and creates ``.venv``). The Spark connection (``spark_default``) names the master,
+deploy mode and queue or namespace: YARN, Kubernetes or a standalone master, as in
+docs/CLUSTER.md. Tonight's catalog export is ``LOOKALIKE_CATALOG`` with ``{{ ds }}`` in it.
+
+Why these settings:
+
+- ``max_active_runs=1``: nights run one after the other; a run id that is still half-published
+  makes any other run id fail (``RunConflict``) until it is rerun.
+- ``retries``: a retry is the same run id on the same input, so it resumes the killed run and
+  repeats nothing it had committed. A run id reused with different input fails again (exit 2):
+  change the input back or use a new run id.
+- ``package_library`` rebuilds ``dist/lookalike.zip`` from the checkout, the archive every
+  executor imports the library from.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from datetime import datetime, timedelta
+
+from airflow import DAG
+from airflow.operators.bash import BashOperator
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+LOOKALIKE_HOME = os.environ.get("LOOKALIKE_HOME", "/opt/lookalike")
+CATALOG = os.environ.get("LOOKALIKE_CATALOG", "s3a://retailer-exports/catalog/{{ ds }}.parquet")
+PROFILE = os.environ.get("LOOKALIKE_PROFILE", "cluster")
+
+with DAG(
+    dag_id="lookalike_nightly",
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 11, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=10)},
+    tags=["lookalike"],
+) as dag:
+    package_library = BashOperator(
+        task_id="package_library",
+        bash_command=f"cd {LOOKALIKE_HOME} && .venv/bin/python scripts/package_lib.py --out dist/lookalike.zip",
+    )
+    refresh = SparkSubmitOperator(
+        task_id="refresh",
+        conn_id="spark_default",
+        name="lookalike-refresh-{{ ds }}",
+        application=f"{LOOKALIKE_HOME}/jobs/refresh.py",
+        py_files=f"{LOOKALIKE_HOME}/dist/lookalike.zip",
+        files=",".join(sorted(glob.glob(f"{LOOKALIKE_HOME}/conf/*.toml"))),
+        jars=",".join(sorted(glob.glob(f"{LOOKALIKE_HOME}/.jars/*.jar"))),
+        conf={
+            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            # The project's interpreter, at the same path on every node (or ship one: docs/CLUSTER.md).
+            "spark.pyspark.python": f"{LOOKALIKE_HOME}/.venv/bin/python",
+        },
+        application_args=[
+            "--profile", PROFILE, "--conf-dir", f"{LOOKALIKE_HOME}/conf",
+            "--catalog", CATALOG, "--run-id", "{{ ds }}",
+        ],
+    )
+    package_library >> refresh
