@@ -2,9 +2,12 @@
 
 Install on the Airflow workers: ``apache-airflow-providers-apache-spark``, and a checkout of this
 repository at ``LOOKALIKE_HOME`` with ``make setup`` run (it fetches the Delta jars into
-``.jars/`` and creates ``.venv``). The Spark connection (``spark_default``) names the master,
-deploy mode and queue or namespace: YARN, Kubernetes or a standalone master, as in
-docs/CLUSTER.md. Tonight's catalog export is ``LOOKALIKE_CATALOG`` with ``{{ ds }}`` in it.
+``.jars/`` and creates ``.venv``), with ``$LOOKALIKE_HOME/.venv/bin`` on the workers' PATH so
+that ``spark-submit`` is the project's (or a cluster's Spark of the same version). The Spark
+connection (``spark_default``) names the master, deploy mode and queue or namespace: YARN,
+Kubernetes or a standalone master, as in docs/CLUSTER.md. Tonight's catalog export is
+``LOOKALIKE_CATALOG`` with ``{{ ds }}`` in it. ``deploy/airflow/check_dag.py`` loads the DAG and
+prints the spark-submit command it would run.
 
 Why these settings:
 
@@ -23,9 +26,14 @@ import glob
 import os
 from datetime import datetime, timedelta
 
-from airflow import DAG
-from airflow.operators.bash import BashOperator
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+try:  # Airflow 3
+    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.operators.bash import BashOperator
 
 LOOKALIKE_HOME = os.environ.get("LOOKALIKE_HOME", "/opt/lookalike")
 CATALOG = os.environ.get("LOOKALIKE_CATALOG", "s3a://retailer-exports/catalog/{{ ds }}.parquet")
