@@ -38,9 +38,17 @@ class History:
     rebuilt: RefreshResult
 
 
+# Its own Spark SQL database: every refresh registers its tables, and the other modules' stores
+# register theirs under the default name in the same session.
+DATABASE = "refresh_history"
+
+
 def store_config(root: Path, photos: Path) -> dict:
     """Test-profile config with its own storage root."""
-    return load_config("test", [f"storage.root={root}", f"catalog.image_root={photos}"], conf_dir=REPO / "conf")
+    return load_config(
+        "test", [f"storage.root={root}", f"catalog.image_root={photos}", f"storage.database={DATABASE}"],
+        conf_dir=REPO / "conf",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -195,7 +195,8 @@ def test_readme_sql_examples_run_on_the_published_tables(spark, history):
     register_published_views(spark, config, publication)
     statements = readme_sql_statements()
     assert len(statements) == 3
-    results = [spark.sql(statement).collect() for statement in statements]
+    database = config["storage"]["database"]  # the README's queries name the default database, lookalike
+    results = [spark.sql(statement.replace("lookalike.", f"{database}.")).collect() for statement in statements]
     confident = published(spark, history, MISCLASSIFIED_ITEMS).where("confidence > 0.9").toPandas()
     expected = sorted(confident["confidence"].round(2), reverse=True)[:20]  # ties may come in any order
     assert [r["confidence"] for r in results[1]] == pytest.approx(expected, abs=0.011)
