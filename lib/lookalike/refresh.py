@@ -352,25 +352,26 @@ def refresh(
             changes = _staged(spark, f"{staging}/embeddings")
         else:
             log.info("embed: reusing the changes staged by an earlier attempt of run %s", run_id)
-    with timer.stage("index"):
-        lists = _staged(spark, f"{staging}/similar_items")
-        recomputed = None
-        if lists is None:
-            recomputed = stage_lists(
-                spark, config, state=new_state(previous_embeddings, changes), changes=changes,
-                previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
-                staging_path=f"{staging}/similar_items",
-            )
-            lists = _staged(spark, f"{staging}/similar_items")
-        else:
-            log.info("index: reusing the lists staged by an earlier attempt of run %s", run_id)
+    # Read once for the index, the row accounting and the derived tables.
     state = new_state(previous_embeddings, changes).persist()
     try:
+        with timer.stage("index"):
+            lists = _staged(spark, f"{staging}/similar_items")
+            recomputed = None
+            if lists is None:
+                recomputed = stage_lists(
+                    spark, config, state=state, changes=changes,
+                    previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
+                    staging_path=f"{staging}/similar_items",
+                )
+                lists = _staged(spark, f"{staging}/similar_items")
+            else:
+                log.info("index: reusing the lists staged by an earlier attempt of run %s", run_id)
         with timer.stage("alternatives"):
             # Checked before any published table is written: a gap publishes nothing and blocks no later run.
             accounting = account_for_rows(
                 spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
-                published_items=state.count(),  # also fills the cache the derived tables read
+                published_items=state.count(),
             )
             derived_merges = {}
             derived = derived_tables(
