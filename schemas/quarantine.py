@@ -9,7 +9,7 @@ QUARANTINE = TableSchema(
     comment="Rows that could not be used, one per row and reason; appended by every run.",
     columns=(
         Column("run_id", StringType(), "Run that quarantined the row.", nullable=False),
-        Column("stage", StringType(), "Job stage that refused it: ingest or embed.", nullable=False),
+        Column("stage", StringType(), "Job stage that refused it: ingest, embed or interactions.", nullable=False),
         Column("item_id", StringType(), "Item id as given; null when missing."),
         Column("reason", StringType(), "Reason code, e.g. bad_price, missing_image, duplicate_item_id.", nullable=False),
         Column("detail", StringType(), "Human-readable detail: the bad value or the error message."),
