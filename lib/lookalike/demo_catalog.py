@@ -1,6 +1,6 @@
-"""Build a demo catalog file from the shared fashion-products photos.
+"""Build a demo catalog file (and demo user interactions) from the shared fashion-products photos.
 
-Prices, stock flags and brands are SYNTHETIC: the source has no prices. Prices are
+Prices, stock flags, brands and user interactions are SYNTHETIC: the source has none. Prices are
 deterministic: a base price per articleType drawn from a seeded generator, times a per-item
 factor seeded by the item id, so the same inputs always give the same catalog.
 """
@@ -162,3 +162,61 @@ def write_catalog_csv(rows: list[dict[str, str]], path: Path | str) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "event", "rating", "event_time")
+_INTERACTIONS_START = np.datetime64("2026-10-01T00:00:00")
+
+
+def build_demo_interactions(
+    rows: list[dict[str, str]], out_path: Path | str, *, users: int, seed: int
+) -> int:
+    """Write SYNTHETIC user interactions for catalog ``rows`` to a CSV, deterministically.
+
+    Each user has one favourite category (drawn by category size) and rates 3 to 6 of its items
+    4 or 5 or buys them, rates one or two items of other categories 1 or 2, and views a few
+    random items. Only items with a given category take part.
+
+    Returns
+    -------
+    int
+        Rows written.
+    """
+    by_category: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("category"):
+            by_category.setdefault(row["category"], []).append(row["item_id"])
+    categories = sorted(c for c, ids in by_category.items() if len(ids) >= 8)
+    if not categories:
+        raise ValueError("no category has 8 items with a given category: nothing to interact with")
+    sizes = np.array([len(by_category[c]) for c in categories], dtype=np.float64)
+    everything = sorted(i for ids in by_category.values() for i in ids)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    events: list[dict[str, str]] = []
+
+    def event(user: str, item: str, kind: str, rating: str, rng: np.random.Generator) -> None:
+        when = _INTERACTIONS_START + np.timedelta64(int(rng.integers(0, 30 * 24 * 60)), "m")
+        events.append({"user_id": user, "item_id": item, "event": kind, "rating": rating, "event_time": f"{when}Z"})
+
+    for number in range(users):
+        user = f"user-{number:05d}"
+        rng = _rng(seed, user)
+        favourite = categories[int(rng.choice(len(categories), p=sizes / sizes.sum()))]
+        loved = rng.choice(by_category[favourite], size=int(rng.integers(3, 7)), replace=False)
+        for item in loved:
+            if rng.random() < 0.3:
+                event(user, str(item), "purchase", "", rng)
+            else:
+                event(user, str(item), "rating", str(int(rng.integers(4, 6))), rng)
+        others = [c for c in categories if c != favourite]
+        for category in rng.choice(others, size=min(len(others), int(rng.integers(1, 3))), replace=False):
+            disliked = by_category[str(category)][int(rng.integers(len(by_category[str(category)])))]
+            event(user, disliked, "rating", str(int(rng.integers(1, 3))), rng)
+        for item in rng.choice(everything, size=int(rng.integers(2, 6)), replace=False):
+            event(user, str(item), "view", "", rng)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=INTERACTION_COLUMNS)
+        writer.writeheader()
+        writer.writerows(events)
+    return len(events)
