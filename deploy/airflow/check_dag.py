@@ -27,8 +27,8 @@ def main() -> int:
         return 1
     dag = bag.dags["lookalike_nightly"]
     refresh = dag.get_task("refresh")
-    print(f"tasks: {[t.task_id for t in dag.tasks]}; refresh after {sorted(refresh.upstream_task_ids)}; "
-          f"max_active_runs {dag.max_active_runs}; schedule {dag.timetable}")
+    order = "; ".join(f"{t.task_id} after {sorted(t.upstream_task_ids) or 'nothing'}" for t in dag.tasks)
+    print(f"tasks: {order}; max_active_runs {dag.max_active_runs}; schedule {dag.timetable}")
     hook = SparkSubmitHook(
         conf=refresh.conf, conn_id=refresh._conn_id, files=refresh.files, py_files=refresh.py_files, jars=refresh.jars,
         name=refresh.name.replace("{{ ds }}", night),

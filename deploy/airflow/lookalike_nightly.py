@@ -18,6 +18,10 @@ Why these settings:
   change the input back or use a new run id.
 - ``package_library`` rebuilds ``dist/lookalike.zip`` from the checkout, the archive every
   executor imports the library from.
+- After the refresh, three jobs read what it published: ``clusters`` (item_clusters),
+  ``recommend`` (tonight's interactions export ``LOOKALIKE_INTERACTIONS`` -> interactions ->
+  user_recommendations) and ``report`` (the HTML report). Each reads the publication pointer,
+  so each sees the run the refresh published, and each replaces its own tables in one commit.
 """
 
 from __future__ import annotations
@@ -37,7 +41,29 @@ except ImportError:  # Airflow 2
 
 LOOKALIKE_HOME = os.environ.get("LOOKALIKE_HOME", "/opt/lookalike")
 CATALOG = os.environ.get("LOOKALIKE_CATALOG", "s3a://retailer-exports/catalog/{{ ds }}.parquet")
+INTERACTIONS = os.environ.get("LOOKALIKE_INTERACTIONS", "s3a://retailer-exports/interactions/{{ ds }}.parquet")
 PROFILE = os.environ.get("LOOKALIKE_PROFILE", "cluster")
+
+
+def lookalike_job(job: str, *args: str) -> SparkSubmitOperator:
+    """A spark-submit of ``jobs/<job>.py`` with the library, the conf files and the Delta jars."""
+    return SparkSubmitOperator(
+        task_id=job,
+        conn_id="spark_default",
+        name=f"lookalike-{job}-{{{{ ds }}}}",
+        application=f"{LOOKALIKE_HOME}/jobs/{job}.py",
+        py_files=f"{LOOKALIKE_HOME}/dist/lookalike.zip",
+        files=",".join(sorted(glob.glob(f"{LOOKALIKE_HOME}/conf/*.toml"))),
+        jars=",".join(sorted(glob.glob(f"{LOOKALIKE_HOME}/.jars/*.jar"))),
+        conf={
+            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            # The project's interpreter, at the same path on every node (or ship one: docs/CLUSTER.md).
+            "spark.pyspark.python": f"{LOOKALIKE_HOME}/.venv/bin/python",
+        },
+        application_args=["--profile", PROFILE, "--conf-dir", f"{LOOKALIKE_HOME}/conf", *args],
+    )
+
 
 with DAG(
     dag_id="lookalike_nightly",
@@ -52,23 +78,9 @@ with DAG(
         task_id="package_library",
         bash_command=f"cd {LOOKALIKE_HOME} && .venv/bin/python scripts/package_lib.py --out dist/lookalike.zip",
     )
-    refresh = SparkSubmitOperator(
-        task_id="refresh",
-        conn_id="spark_default",
-        name="lookalike-refresh-{{ ds }}",
-        application=f"{LOOKALIKE_HOME}/jobs/refresh.py",
-        py_files=f"{LOOKALIKE_HOME}/dist/lookalike.zip",
-        files=",".join(sorted(glob.glob(f"{LOOKALIKE_HOME}/conf/*.toml"))),
-        jars=",".join(sorted(glob.glob(f"{LOOKALIKE_HOME}/.jars/*.jar"))),
-        conf={
-            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-            # The project's interpreter, at the same path on every node (or ship one: docs/CLUSTER.md).
-            "spark.pyspark.python": f"{LOOKALIKE_HOME}/.venv/bin/python",
-        },
-        application_args=[
-            "--profile", PROFILE, "--conf-dir", f"{LOOKALIKE_HOME}/conf",
-            "--catalog", CATALOG, "--run-id", "{{ ds }}",
-        ],
-    )
-    package_library >> refresh
+    refresh = lookalike_job("refresh", "--catalog", CATALOG, "--run-id", "{{ ds }}")
+    clusters = lookalike_job("clusters", "--run-id", "clusters-{{ ds }}")
+    recommend = lookalike_job("recommend", "--interactions", INTERACTIONS, "--run-id", "recommend-{{ ds }}")
+    report = lookalike_job("report", "--run-id", "report-{{ ds }}")
+    package_library >> refresh >> [clusters, recommend]
+    clusters >> report

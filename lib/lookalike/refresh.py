@@ -296,7 +296,7 @@ def refresh(
     """
     checked_run_id(run_id)
     started = datetime.now(timezone.utc)
-    timer = StageTimer()
+    timer = StageTimer(spark)
     catalog_input: CatalogInput | None = None
     try:
         with timer.stage("prepare"):
@@ -318,11 +318,12 @@ def refresh(
             hadoop_fs.delete(spark, staging_path(config, run_id))
             log.info("run %s is already published with this input: nothing to do", run_id)
             return RefreshResult(run_id=run_id, run_seq=run_seq, status="already published", publication=publication)
-        with timer.stage("ingest"):
+        with timer.stage("ingest", unit="rows") as progress:
             ingested = ingest_catalog(
                 spark, config, catalog_path, run_id=run_id, file_format=file_format, run_seq=run_seq,
                 delete_missing=True, rehash_images=rehash_images, prepared=catalog_input,
             )
+            progress.done(ingested.input_rows)
     finally:
         if catalog_input is not None:
             catalog_input.unpersist()
@@ -341,7 +342,7 @@ def refresh(
     previous_lists = published_table(spark, config, SIMILAR_ITEMS, publication)
     staging = staging_path(config, run_id)
     embedded = None
-    with timer.stage("embed"):
+    with timer.stage("embed", unit="photos") as progress:
         changes = _staged(spark, f"{staging}/embeddings")
         if changes is None:
             embedded = stage_embeddings(
@@ -349,13 +350,14 @@ def refresh(
                 previous=previous_embeddings, run_id=run_id, catalog_version=catalog_version,
                 staging_path=f"{staging}/embeddings", run_seq=run_seq,
             )
+            progress.done(embedded.photos_scored)
             changes = _staged(spark, f"{staging}/embeddings")
         else:
             log.info("embed: reusing the changes staged by an earlier attempt of run %s", run_id)
     # Read once for the index, the row accounting and the derived tables.
     state = new_state(previous_embeddings, changes).persist()
     try:
-        with timer.stage("index"):
+        with timer.stage("index", unit="lists") as progress:
             lists = _staged(spark, f"{staging}/similar_items")
             recomputed = None
             if lists is None:
@@ -364,14 +366,16 @@ def refresh(
                     previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
                     staging_path=f"{staging}/similar_items",
                 )
+                progress.done(recomputed)
                 lists = _staged(spark, f"{staging}/similar_items")
             else:
                 log.info("index: reusing the lists staged by an earlier attempt of run %s", run_id)
-        with timer.stage("alternatives"):
+        with timer.stage("alternatives") as progress:
+            published_items = state.count()
             # Checked before any published table is written: a gap publishes nothing and blocks no later run.
             accounting = account_for_rows(
                 spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
-                published_items=state.count(),
+                published_items=published_items,
             )
             derived_merges = {}
             derived = derived_tables(
@@ -385,6 +389,7 @@ def refresh(
                     spark, config, table, rows, run_id=run_id, run_seq=run_seq,
                     app_id=f"lookalike.publish.{table.name}", compare=content,
                 )
+            progress.done(published_items)
     finally:
         state.unpersist()
     with timer.stage("publish"):

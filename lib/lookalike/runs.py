@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -22,22 +23,77 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-class StageTimer:
-    """Collects seconds per named stage; ``with timer.stage("embed"): ...``."""
+class StageProgress:
+    """What a stage reports about its work: ``progress.done(n)`` once its item count is known."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int | None, unit: str) -> None:
+        self.total = total
+        self.unit = unit
+        self.items: int | None = None
+
+    def done(self, items: int, total: int | None = None) -> None:
+        """Record the items the stage processed (and the total it had, if known only now)."""
+        self.items = int(items)
+        if total is not None:
+            self.total = int(total)
+
+
+def _spark_task_progress(spark: SparkSession) -> tuple[int, int]:
+    """Completed and total tasks of the Spark stages running now."""
+    tracker = spark.sparkContext.statusTracker()
+    infos = [tracker.getStageInfo(stage) for stage in tracker.getActiveStageIds()]
+    infos = [info for info in infos if info is not None]
+    return sum(i.numCompletedTasks for i in infos), sum(i.numTasks for i in infos)
+
+
+class StageTimer:
+    """Seconds, items and rate per named stage; ``with timer.stage("embed") as progress: ...``.
+
+    With a session, a long stage also logs a heartbeat every ``heartbeat_s`` seconds with the
+    Spark tasks done in the stages running at that moment, so a nightly log shows a stage moving.
+    """
+
+    def __init__(self, spark: SparkSession | None = None, *, heartbeat_s: float = 60.0) -> None:
         self.seconds: dict[str, float] = {}
+        self.items: dict[str, int] = {}
+        self._spark = spark
+        self._heartbeat_s = heartbeat_s
+
+    def _heartbeat(self, name: str, start: float, stop: threading.Event) -> None:
+        while not stop.wait(self._heartbeat_s):
+            try:
+                done, total = _spark_task_progress(self._spark)
+            except Exception:  # the session may be stopping; a heartbeat must never fail a stage
+                return
+            log.info("stage %s: running %.0f s, Spark tasks %d/%d done in the running stages",
+                     name, time.perf_counter() - start, done, total)
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time the block and log its start and end."""
-        log.info("stage %s: started", name)
+    def stage(self, name: str, *, total: int | None = None, unit: str = "items") -> Iterator[StageProgress]:
+        """Time the block; log its start, heartbeats, and its end with items done / total and rate."""
+        log.info("stage %s: started%s", name, f" ({total} {unit} to do)" if total is not None else "")
+        progress = StageProgress(total, unit)
         start = time.perf_counter()
+        stop = threading.Event()
+        beat = None
+        if self._spark is not None:
+            beat = threading.Thread(target=self._heartbeat, args=(name, start, stop), daemon=True)
+            beat.start()
         try:
-            yield
+            yield progress
         finally:
-            self.seconds[name] = time.perf_counter() - start
-            log.info("stage %s: %.1f s", name, self.seconds[name])
+            stop.set()
+            if beat is not None:
+                beat.join(timeout=5)
+            seconds = time.perf_counter() - start
+            self.seconds[name] = seconds
+            if progress.items is None:
+                log.info("stage %s: %.1f s", name, seconds)
+            else:
+                self.items[name] = progress.items
+                of_total = f"/{progress.total}" if progress.total is not None else ""
+                log.info("stage %s: %d%s %s in %.1f s (%.1f %s/s)", name, progress.items, of_total, progress.unit,
+                         seconds, progress.items / max(seconds, 1e-9), progress.unit)
 
 
 def record_run(
