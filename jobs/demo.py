@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lookalike import hadoop_fs
 from lookalike.cli import job_parser, start_job
-from lookalike.demo_catalog import build_demo_catalog
+from lookalike.demo_catalog import build_demo_catalog, build_demo_interactions, read_catalog_csv
 from lookalike.pipeline import format_summary, run_pipeline
 from lookalike.tables import storage_root
 
@@ -31,6 +31,7 @@ def main() -> None:
     config["catalog"]["image_root"] = source_dir
     demo_folder = f"{storage_root(config)}/demo"
     catalog_path = f"{demo_folder}/catalog.csv"
+    interactions_path = f"{demo_folder}/interactions.csv"
     # The demo photos are a local folder, so the catalog is written locally, then copied to the store (any Hadoop path).
     with tempfile.TemporaryDirectory(prefix="lookalike-demo-") as local:
         rows = build_demo_catalog(
@@ -38,8 +39,14 @@ def main() -> None:
             in_stock_rate=float(config["demo"]["in_stock_rate"]),
         )
         hadoop_fs.write_bytes_atomically(spark, catalog_path, (Path(local) / "catalog.csv").read_bytes())
+        events = build_demo_interactions(
+            read_catalog_csv(Path(local) / "catalog.csv"), Path(local) / "interactions.csv",
+            users=int(config["demo"]["users"]), seed=int(config["demo"]["interactions_seed"]),
+        )
+        hadoop_fs.write_bytes_atomically(spark, interactions_path, (Path(local) / "interactions.csv").read_bytes())
     log.info("demo catalog: %d items from %s (prices, stock and brands are SYNTHETIC)", rows, source_dir)
-    summary = run_pipeline(spark, config, catalog_path=catalog_path, run_id=run_id)
+    log.info("demo interactions: %d events of %s users (SYNTHETIC)", events, config["demo"]["users"])
+    summary = run_pipeline(spark, config, catalog_path=catalog_path, run_id=run_id, interactions_path=interactions_path)
     hadoop_fs.write_bytes_atomically(spark, f"{demo_folder}/summary.json", json.dumps(summary, indent=2).encode("utf-8"))
     print(format_summary(summary), flush=True)
     spark.stop()

@@ -1,4 +1,5 @@
-"""The demo's pipeline: one refresh run that also trains, then the quality of the published lists."""
+"""The demo's pipeline: one refresh run that also trains, the quality of the published lists, then
+the merchandiser products built on them: clusters, per-user recommendations and the HTML report."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from typing import Any, Mapping
 
 from pyspark.sql import SparkSession
 
+from lookalike.clusters import publish_clusters
 from lookalike.evaluation import list_quality
 from lookalike.model_store import load_metrics
 from lookalike.publish import published_table
+from lookalike.recommend import ingest_interactions, publish_recommendations
 from lookalike.refresh import refresh
+from lookalike.report import write_report
 from lookalike.runs import StageTimer
 from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, EMBEDDINGS, MISCLASSIFIED_ITEMS, SIMILAR_ITEMS, TableSchema
 
@@ -24,8 +28,10 @@ def run_pipeline(
     catalog_path: str,
     run_id: str,
     train: bool = True,
+    interactions_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run every stage on one catalog file as one refresh run, then measure the published lists.
+    """Run every stage on one catalog file as one refresh run, measure the published lists, then
+    cluster them, recommend from them and write the report.
 
     Parameters
     ----------
@@ -35,6 +41,8 @@ def run_pipeline(
         Recorded on every row written.
     train : bool
         Train a new model bundle after ingest; if False, the latest one is used.
+    interactions_path : str, optional
+        User interactions to ingest before the recommendations; default: the interactions table as it is.
 
     Returns
     -------
@@ -44,9 +52,20 @@ def run_pipeline(
     result = refresh(spark, config, catalog_path=catalog_path, run_id=run_id, train=train)
     if result.publication is None:
         raise RuntimeError(f"run {run_id} published nothing")
-    timer = StageTimer()
+    timer = StageTimer(spark)
     with timer.stage("evaluate"):
         quality = list_quality(spark, config, k=10)
+    with timer.stage("clusters") as progress:
+        clusters = publish_clusters(spark, config, publication=result.publication)
+        progress.done(clusters.items)
+    interactions = None
+    with timer.stage("recommend", unit="users") as progress:
+        if interactions_path is not None:
+            interactions = ingest_interactions(spark, config, interactions_path, run_id=run_id)
+        users_recommended = publish_recommendations(spark, config, publication=result.publication)
+        progress.done(users_recommended)
+    with timer.stage("report"):
+        report_uri = write_report(spark, config, publication=result.publication)
     model_version = result.publication.model_version
     metrics = load_metrics(spark, config, model_version)
     figures = result.figures
@@ -70,6 +89,12 @@ def run_pipeline(
         "items_with_cheaper_alternatives": items_listed(CHEAPER_ALTERNATIVES),
         "items_with_cross_category_items": items_listed(CROSS_CATEGORY_ITEMS),
         "items_misclassified": items_listed(MISCLASSIFIED_ITEMS),
+        "items_clustered": clusters.items,
+        "clusters_per_category": dict(sorted(clusters.chosen_k.items())),
+        "interaction_rows": interactions.input_rows if interactions else None,
+        "interactions_quarantined": dict(interactions.quarantined) if interactions else {},
+        "users_recommended": users_recommended,
+        "report": report_uri,
         "lists_recomputed": int(figures.get("lists_recomputed", 0)),
         "lists_changed": int(figures.get("lists_changed", 0)),
         "classifier_holdout_accuracy": metrics["classifier"]["accuracy"],
@@ -88,6 +113,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary["quarantined_by_reason"].items())) or "none"
+    clusters = ", ".join(f"{c} {k}" for c, k in summary["clusters_per_category"].items() if k > 1) or "none"
+    interactions = "interactions table as it was" if summary["interaction_rows"] is None else (
+        f"{summary['interaction_rows']} interaction rows in, quarantined "
+        + (", ".join(f"{k}={v}" for k, v in sorted(summary["interactions_quarantined"].items())) or "none")
+    )
     lines = [
         f"run {summary['run_id']}  model {summary['model_version'] or '(latest)'}",
         f"  input rows            {summary['input_rows']:>8}",
@@ -98,11 +128,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  cheaper alternatives  {summary['items_with_cheaper_alternatives']:>8}   items with at least one",
         f"  cross-category lists  {summary['items_with_cross_category_items']:>8}   items",
         f"  misclassified         {summary['items_misclassified']:>8}   items whose photo the classifier files elsewhere",
+        f"  clustered             {summary['items_clustered']:>8}   items, k per category by silhouette: {clusters}",
+        f"  recommendations       {summary['users_recommended']:>8}   users ({interactions})",
         f"  classifier accuracy   {pct(summary['classifier_holdout_accuracy']):>8}   (held-out split)",
         f"  articleType P@10      {pct(summary['article_type_precision_at_10']):>8}   "
         f"(over {summary['items_evaluated']} labelled items; random list in same partition: "
         f"{pct(summary['random_list_precision_at_10'])}; unlabelled neighbours as misses: "
         f"{pct(summary['article_type_precision_at_10_strict'])})",
         "  seconds per stage     " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()),
+        f"  report                {summary['report']}",
     ]
     return "\n".join(lines)
