@@ -14,12 +14,14 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from lookalike.config import load_config
-from lookalike.demo_catalog import CATALOG_COLUMNS, build_demo_catalog
+from lookalike.demo_catalog import CATALOG_COLUMNS, build_demo_catalog, build_demo_interactions
 from lookalike.model_store import load_manifest, load_metrics
 from lookalike.pipeline import run_pipeline
 from lookalike.query import lookalikes_of_image, lookalikes_of_item
 from lookalike.tables import read_table, register_tables
-from schemas import CATALOG, EMBEDDINGS, QUARANTINE, RUNS, SIMILAR_ITEMS
+from schemas import (
+    CATALOG, EMBEDDINGS, INTERACTIONS, ITEM_CLUSTERS, QUARANTINE, RUNS, SIMILAR_ITEMS, USER_RECOMMENDATIONS,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -50,7 +52,13 @@ def pipeline_run(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFac
     ]
     with open(catalog_path, "a", newline="", encoding="utf-8") as handle:
         csv.DictWriter(handle, fieldnames=CATALOG_COLUMNS).writerows(planted)
-    summary = run_pipeline(spark, config, catalog_path=str(catalog_path), run_id="e2e-run")
+    interactions = work / "interactions.csv"
+    build_demo_interactions(rows, interactions, users=25, seed=4)
+    with open(interactions, "a", encoding="utf-8") as handle:
+        handle.write(f"user-bad,{first['item_id']},wishlist,,2026-11-01T00:00:00Z\n")  # quarantined: unknown_event
+    summary = run_pipeline(
+        spark, config, catalog_path=str(catalog_path), run_id="e2e-run", interactions_path=str(interactions)
+    )
     input_ids = [r["item_id"] for r in rows] + [p["item_id"] for p in planted]
     return config, summary, input_ids, first
 
@@ -59,7 +67,7 @@ def test_every_input_row_ends_in_embeddings_or_quarantine(spark, pipeline_run):
     """Nothing is silently dropped: embedded ids + quarantined ids == input ids, each once."""
     config, summary, input_ids, _ = pipeline_run
     embedded = read_table(spark, config, EMBEDDINGS).select("item_id")
-    quarantined = read_table(spark, config, QUARANTINE).select("item_id")
+    quarantined = read_table(spark, config, QUARANTINE).where("stage <> 'interactions'").select("item_id")
     expected = spark.createDataFrame([(i,) for i in input_ids], "item_id string")
     assertDataFrameEqual(embedded.unionAll(quarantined), expected)
     assert summary["items_embedded"] + summary["items_quarantined"] == len(input_ids)
@@ -70,11 +78,13 @@ def test_every_input_row_ends_in_embeddings_or_quarantine(spark, pipeline_run):
 
 
 def test_bad_rows_are_quarantined_with_their_reason(spark, pipeline_run):
-    """The planted bad price and the text file named .jpg land in quarantine, each once, with the right stage."""
-    config, *_ = pipeline_run
+    """The planted bad price, the text file named .jpg and the unknown interaction event land in
+    quarantine, each once, with the right stage."""
+    config, _, _, first = pipeline_run
     actual = read_table(spark, config, QUARANTINE).select("item_id", "stage", "reason")
     expected = spark.createDataFrame(
-        [(BAD_PRICE_ID, "ingest", "bad_price"), (BROKEN_ID, "embed", "undecodable_image")], actual.schema
+        [(BAD_PRICE_ID, "ingest", "bad_price"), (BROKEN_ID, "embed", "undecodable_image"),
+         (first["item_id"], "interactions", "unknown_event")], actual.schema
     )
     assertDataFrameEqual(actual, expected)
 
@@ -220,3 +230,18 @@ def test_model_bundle_records_its_metrics(spark, pipeline_run):
     assert summary["model_version"] == manifest.version
     assert 1 <= len(metrics["training_curves"]["classifier"]["loss"]) <= int(config["train"]["classifier_epochs"])
     json.dumps(metrics)  # the metrics file is plain JSON
+
+
+def test_the_pipeline_clusters_recommends_and_reports_on_the_published_run(spark, pipeline_run):
+    config, summary, _, _ = pipeline_run
+    embedded = read_table(spark, config, EMBEDDINGS).select("category", "item_id")
+    assertDataFrameEqual(read_table(spark, config, ITEM_CLUSTERS).select("category", "item_id"), embedded)
+    assert summary["items_clustered"] == embedded.count()
+    recommendations = read_table(spark, config, USER_RECOMMENDATIONS)
+    assert summary["users_recommended"] == recommendations.select("user_id").distinct().count()
+    assert set(recommendations.select("run_id").distinct().toPandas()["run_id"]) <= {"e2e-run"}
+    assert summary["interactions_quarantined"] == {"unknown_event": 1}
+    interactions = read_table(spark, config, INTERACTIONS)
+    assert summary["interaction_rows"] == interactions.count() + 1
+    report = Path(summary["report"].removeprefix("file:"))
+    assert report.name == "index.html" and 'data-run-id="e2e-run"' in report.read_text(encoding="utf-8")

@@ -41,5 +41,5 @@ def test_a_long_stage_logs_heartbeats_with_spark_task_progress(spark, caplog: py
     beats = [r.getMessage() for r in caplog.records if "Spark tasks" in r.getMessage()]
     assert beats, "no heartbeat while a 2-second Spark job ran"
     progress = [tuple(map(int, re.search(r"Spark tasks (\d+)/(\d+)", b).groups())) for b in beats]
-    # A beat between jobs sees no running stage (0/0); one during the job sees its 4 tasks.
+    # A beat before the job starts sees no running stage; one during the job sees its 4 tasks.
     assert any(total == 4 and 0 <= done <= 4 for done, total in progress), progress

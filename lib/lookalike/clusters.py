@@ -22,7 +22,7 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.publish import Publication, latest_publication, published_table
+from lookalike.publish import Publication, published_table, require_publication
 from lookalike.tables import conform, ensure_table, table_path
 from schemas import CLUSTER_SILHOUETTES, EMBEDDINGS, ITEM_CLUSTERS
 
@@ -156,9 +156,7 @@ def publish_clusters(
     RuntimeError
         If nothing has been published yet.
     """
-    publication = publication if publication is not None else latest_publication(spark, config)
-    if publication is None:
-        raise RuntimeError("nothing is published yet: run the refresh job first")
+    publication = require_publication(spark, config, publication)
     # Cached: every k of every category reads its category's rows again.
     embeddings = published_table(spark, config, EMBEDDINGS, publication).select("category", "item_id", "embedding").cache()
     try:

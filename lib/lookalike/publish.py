@@ -104,6 +104,22 @@ def latest_publication(spark: SparkSession, config: Mapping[str, Any]) -> Public
     return Publication(**{k: v for k, v in row[0].asDict().items() if k in fields})
 
 
+def require_publication(
+    spark: SparkSession, config: Mapping[str, Any], publication: Publication | None = None
+) -> Publication:
+    """``publication`` if given, else the latest one, for jobs that read a published run.
+
+    Raises
+    ------
+    RuntimeError
+        If nothing has been published yet.
+    """
+    publication = publication if publication is not None else latest_publication(spark, config)
+    if publication is None:
+        raise RuntimeError("nothing is published yet: run the refresh job first")
+    return publication
+
+
 def published_table(
     spark: SparkSession, config: Mapping[str, Any], table: TableSchema, publication: Publication | None = None
 ) -> DataFrame:

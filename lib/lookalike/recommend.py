@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lookalike.ingest import _FORMATS
-from lookalike.publish import Publication, latest_publication, published_table
+from lookalike.publish import Publication, published_table, require_publication
 from lookalike.tables import append_quarantine, conform, ensure_table, read_table, table_path, table_version
 from schemas import CATALOG, EMBEDDINGS, INTERACTIONS, SIMILAR_ITEMS, USER_RECOMMENDATIONS
 
@@ -63,7 +63,8 @@ def validate_interactions(raw: DataFrame) -> DataFrame:
     )
     detail = (
         F.when(reason == "unknown_event", F.concat(F.lit("event="), F.coalesce(text["event"], F.lit("null"))))
-        .when(reason == "bad_rating", F.concat(F.lit("event="), event, F.lit(" rating="), F.coalesce(text["rating"], F.lit("null"))))
+        .when(reason == "bad_rating",
+              F.concat(F.lit("event="), event, F.lit(" rating="), F.coalesce(text["rating"], F.lit("null"))))
         .when(reason == "bad_event_time", F.concat(F.lit("event_time="), F.coalesce(text["event_time"], F.lit("null"))))
     )
     return raw.select(
@@ -222,9 +223,7 @@ def publish_recommendations(
     RuntimeError
         If nothing has been published yet.
     """
-    publication = publication if publication is not None else latest_publication(spark, config)
-    if publication is None:
-        raise RuntimeError("nothing is published yet: run the refresh job first")
+    publication = require_publication(spark, config, publication)
     settings = config["recommend"]
     ensure_table(spark, config, INTERACTIONS)
     interactions_version = table_version(spark, config, INTERACTIONS)

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
 from lookalike.model_store import load_metrics
-from lookalike.publish import Publication, latest_publication, published_table
+from lookalike.publish import Publication, published_table, require_publication
 from lookalike.tables import read_table, storage_root, table_path
 from schemas import (
     CATALOG,
@@ -534,12 +534,10 @@ def build_report(spark: SparkSession, config: Mapping[str, Any], *, publication:
 
     Raises
     ------
-    ValueError
+    RuntimeError
         If nothing has been published yet.
     """
-    publication = publication if publication is not None else latest_publication(spark, config)
-    if publication is None:
-        raise ValueError("nothing published yet: run a refresh before the report")
+    publication = require_publication(spark, config, publication)
     settings = report_settings(config)
     catalog = published_table(spark, config, CATALOG, publication)
     embeddings = published_table(spark, config, EMBEDDINGS, publication)
@@ -603,13 +601,11 @@ def write_report(
 
     Raises
     ------
-    ValueError
+    RuntimeError
         If nothing has been published yet.
     """
     # Resolved once, so that the default path and the content name the same run.
-    publication = publication if publication is not None else latest_publication(spark, config)
-    if publication is None:
-        raise ValueError("nothing published yet: run a refresh before the report")
+    publication = require_publication(spark, config, publication)
     content = build_report(spark, config, publication=publication)
     uri = output_uri or default_report_uri(config, publication.run_id)
     hadoop_fs.write_bytes_atomically(spark, uri, content.encode("utf-8"))

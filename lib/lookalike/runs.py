@@ -65,8 +65,11 @@ class StageTimer:
                 done, total = _spark_task_progress(self._spark)
             except Exception:  # the session may be stopping; a heartbeat must never fail a stage
                 return
-            log.info("stage %s: running %.0f s, Spark tasks %d/%d done in the running stages",
-                     name, time.perf_counter() - start, done, total)
+            elapsed = time.perf_counter() - start
+            if total:
+                log.info("stage %s: running %.0f s, Spark tasks %d/%d done in the running stages", name, elapsed, done, total)
+            else:
+                log.info("stage %s: running %.0f s (driver-side work, no Spark stage running)", name, elapsed)
 
     @contextmanager
     def stage(self, name: str, *, total: int | None = None, unit: str = "items") -> Iterator[StageProgress]:
