@@ -59,6 +59,20 @@ class IngestCounts:
         return sum(self.quarantined.values())
 
 
+def file_format_of(path: str, file_format: str | None = None) -> str:
+    """``file_format`` if given, else the Spark source named by the path's extension.
+
+    Raises
+    ------
+    ValueError
+        If the extension is not one of .csv, .parquet, .jsonl, .json, .ndjson.
+    """
+    fmt = file_format or _FORMATS.get(Path(path.rstrip("/")).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {path!r}; pass file_format='csv'|'parquet'|'json'")
+    return fmt
+
+
 def read_catalog_file(
     spark: SparkSession, path: str, *, file_format: str | None = None, allow_unknown_columns: bool = False
 ) -> DataFrame:
@@ -77,9 +91,7 @@ def read_catalog_file(
         If the format cannot be told from the extension, a required column is missing, a column
         is not a plain value (struct, array, map), or an unknown column appears and is not allowed.
     """
-    fmt = file_format or _FORMATS.get(Path(path.rstrip("/")).suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot tell the format of {path!r}; pass file_format='csv'|'parquet'|'json'")
+    fmt = file_format_of(path, file_format)
     reader = spark.read.format(fmt)
     if fmt == "csv":
         reader = reader.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE")

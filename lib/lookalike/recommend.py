@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any, Mapping
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lookalike.ingest import _FORMATS
+from lookalike.ingest import file_format_of
 from lookalike.publish import Publication, published_table, require_publication
 from lookalike.tables import append_quarantine, conform, ensure_table, read_table, table_path, table_version
 from schemas import CATALOG, EMBEDDINGS, INTERACTIONS, SIMILAR_ITEMS, USER_RECOMMENDATIONS
@@ -83,9 +82,7 @@ def read_interactions_file(spark: SparkSession, path: str, *, file_format: str |
     ValueError
         If the format cannot be told from the extension or a column is missing.
     """
-    fmt = file_format or _FORMATS.get(PurePosixPath(path.rstrip("/")).suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot tell the format of {path!r}; pass file_format='csv'|'parquet'|'json'")
+    fmt = file_format_of(path, file_format)
     reader = spark.read.format(fmt)
     if fmt == "csv":
         reader = reader.option("header", True).option("inferSchema", False)
