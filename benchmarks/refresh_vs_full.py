@@ -38,7 +38,7 @@ log = logging.getLogger("lookalike.benchmarks.refresh")
 # share a batch. They are compared within a tolerance; every other column exactly.
 FLOAT_COLUMNS = {
     "embeddings": ("embedding", "confidence"), "similar_items": ("score",), "cheaper_alternatives": ("score",),
-    "cross_category_items": ("score",), "misclassified_items": ("confidence",),
+    "cross_category_items": ("score",), "misclassified_items": ("confidence",), "display_lookalikes": ("score",),
 }
 
 

@@ -73,3 +73,41 @@ MISCLASSIFIED_ITEMS = TableSchema(
     ),
     constraints={"categories_differ": "given_category <> predicted_category"},
 )
+
+DISPLAY_LOOKALIKES = TableSchema(
+    name="display_lookalikes",
+    comment=(
+        "What a product page shows: each item's most similar items of its category after the shop's rules "
+        "(no out-of-stock item, no near-duplicate photo, at most display.max_per_brand per brand), taken from "
+        "its own price band (or price window) first and filled to display.k from the neighbouring bands, then "
+        "the rest of the category; fill_source says where each row came from."
+    ),
+    change_data_feed=True,
+    columns=(
+        Column("category", StringType(), "Partition: category of the item and its look-alikes.", nullable=False),
+        Column("price_band", IntegerType(), "Price band of the item.", nullable=False),
+        Column("item_id", StringType(), "The item the list is for.", nullable=False),
+        Column("rank", IntegerType(), "1 = shown first: rows of a nearer fill_source first, then by score.", nullable=False),
+        Column("neighbour_id", StringType(), "A look-alike to show.", nullable=False),
+        Column("neighbour_price", DoubleType(), "Its price.", nullable=False),
+        Column("neighbour_price_band", IntegerType(), "Its price band.", nullable=False),
+        Column("neighbour_brand", StringType(), "Its brand; null when the catalog gives none (no brand cap applies)."),
+        Column(
+            "fill_source", StringType(),
+            "same_band (display.price_window = band) or price_window (relative): the item's own partition; "
+            "neighbouring_band or wider_price_window: filled because that gave fewer than display.k; "
+            "category: filled from the rest of the category.",
+            nullable=False,
+        ),
+        Column("score", FloatType(), "Cosine similarity of the two embeddings, in [-1, 1].", nullable=False),
+        *_LINEAGE,
+    ),
+    partition_by=("category",),
+    constraints={
+        "rank_is_positive": "rank >= 1",
+        "not_self": "item_id <> neighbour_id",
+        "known_fill_source": (
+            "fill_source IN ('same_band', 'neighbouring_band', 'price_window', 'wider_price_window', 'category')"
+        ),
+    },
+)

@@ -22,6 +22,7 @@ PUBLICATIONS = TableSchema(
         Column("cheaper_alternatives_version", LongType(), "Version of `cheaper_alternatives`; null for runs before it existed."),
         Column("cross_category_items_version", LongType(), "Version of `cross_category_items`; null for runs before it existed."),
         Column("misclassified_items_version", LongType(), "Version of `misclassified_items`; null for runs before it existed."),
+        Column("display_lookalikes_version", LongType(), "Version of `display_lookalikes`; null for runs before it existed."),
         Column("input_fingerprint", StringType(), "Hash of the run's input: catalog file, photo listing, model, settings."),
         Column("figures", MapType(StringType(), DoubleType()), "Counts and seconds of the run."),
     ),

@@ -194,7 +194,7 @@ def test_readme_sql_examples_run_on_the_published_tables(spark, history):
     register_tables(spark, config)
     register_published_views(spark, config, publication)
     statements = readme_sql_statements()
-    assert len(statements) == 5
+    assert len(statements) == 6
     database = config["storage"]["database"]  # the README's queries name the default database, lookalike
     results = [spark.sql(statement.replace("lookalike.", f"{database}.")).collect() for statement in statements]
     misclassified = results[next(i for i, s in enumerate(statements) if "published_misclassified_items" in s)]

@@ -1,5 +1,6 @@
-"""Lists derived from the embeddings: cheaper look-alikes, look-alikes in other categories, and
-items whose photo the classifier puts in another category than the catalog does.
+"""Lists derived from the embeddings: cheaper look-alikes, look-alikes in other categories, the
+lists a product page shows (the shop's rules applied, filled to k), and items whose photo the
+classifier puts in another category than the catalog does.
 
 Each run recomputes them whole from the run's embeddings (exact search, like the index) and
 publishes them with one MERGE per table that writes only the rows that changed, so their change
@@ -9,6 +10,7 @@ feed holds real changes only.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -16,9 +18,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.neighbours import top_k_allowed
+from lookalike.neighbours import best_per_row, top_k_allowed
 from lookalike.tables import conform
-from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS, TableSchema
+from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS, TableSchema
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +45,25 @@ def _scored_lineage(
     }
 
 
+def _buyable(group: pd.DataFrame, in_stock_only: bool) -> np.ndarray:
+    """Items a list may show: an unknown stock state (null) counts as in stock, only a known false excludes."""
+    return ~group["in_stock"].eq(False).to_numpy() if in_stock_only else np.ones(len(group), dtype=bool)
+
+
 def _cheaper_lists(
-    k: int, in_stock_only: bool, block_rows: int, run_id: str, catalog_version: int
+    k: int, in_stock_only: bool, max_discount_pct: float, block_rows: int, run_id: str, catalog_version: int
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """Per category: each item's top-k among the items of the category priced below it."""
+    """Per category: each item's top-k among the items of the category priced below it (at most ``max_discount_pct`` below, if > 0)."""
     def cheaper(group: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
         vectors = np.stack(group["embedding"].to_numpy())
         price = group["price"].to_numpy(dtype=np.float64)
-        # An unknown stock state (null) counts as in stock: only a known false excludes an item.
-        buyable = ~group["in_stock"].eq(False).to_numpy() if in_stock_only else np.ones(len(group), dtype=bool)
+        buyable = _buyable(group, in_stock_only)
+        floor = price * (1.0 - max_discount_pct / 100.0) if max_discount_pct > 0 else np.full(len(group), -np.inf)
 
         def allowed(rows: slice) -> np.ndarray:
-            return (price[None, :] < price[rows, None]) & buyable[None, :]
+            candidate = price[None, :]
+            return (candidate < price[rows, None]) & (candidate >= floor[rows, None]) & buyable[None, :]
 
         queries, found, scores = top_k_allowed(vectors, vectors, k, allowed, block_rows=block_rows)
         return pd.DataFrame(
@@ -107,7 +115,7 @@ def _cross_category_lists(
 
 def cheaper_alternatives(
     state: DataFrame, catalog: DataFrame, *, k: int, in_stock_only: bool, block_rows: int, run_id: str,
-    catalog_version: int,
+    catalog_version: int, max_discount_pct: float = 0.0,
 ) -> DataFrame:
     """For every item, the ``k`` most similar items of its category that cost less, computed per category in parallel.
 
@@ -127,18 +135,23 @@ def cheaper_alternatives(
         Recorded on every row.
     catalog_version : int
         Recorded on every row.
+    max_discount_pct : float
+        Relative-price mode when above 0: only alternatives priced at least ``price x (1 - pct / 100)``,
+        i.e. within ``-pct`` % of the item's price; 0 lists any lower price.
 
     Returns
     -------
     DataFrame
         In the ``cheaper_alternatives`` schema.
     """
+    if not 0.0 <= max_discount_pct < 100.0:
+        raise ValueError(f"alternatives.cheaper_max_discount_pct must be in [0, 100), not {max_discount_pct}")
     rows = state.select("category", "item_id", "embedding", "price", "price_band", "model_version").join(
         catalog.select("item_id", "in_stock"), "item_id", "left"
     )
     schema = CHEAPER_ALTERNATIVES.spark_schema
     lists = rows.groupBy("category").applyInPandas(
-        _cheaper_lists(k, in_stock_only, block_rows, run_id, catalog_version), schema
+        _cheaper_lists(k, in_stock_only, max_discount_pct, block_rows, run_id, catalog_version), schema
     )
     return conform(lists, CHEAPER_ALTERNATIVES)
 
@@ -181,6 +194,205 @@ def cross_category_items(
     return conform(lists, CROSS_CATEGORY_ITEMS)
 
 
+# fill_source of each tier (0 = the item's own partition), by display.price_window.
+_TIER_NAMES = {
+    "band": ("same_band", "neighbouring_band", "category"),
+    "relative": ("price_window", "wider_price_window", "category"),
+}
+# Scores are in [-1, 1]: subtracting this per tier ranks every candidate of a nearer tier first.
+_TIER_GAP = 4.0
+
+
+@dataclass(frozen=True)
+class DisplayRules:
+    """The shop's rules for ``display_lookalikes`` (config section ``display``).
+
+    Parameters
+    ----------
+    k : int
+        Look-alikes per item, guaranteed whenever the category holds that many that pass the rules.
+    price_window : str
+        ``band``: the item's price band first, then the neighbouring bands; ``relative``: items within
+        ``relative_price_pct`` % of its price first, then within twice that.
+    relative_price_pct : float
+        Width of the relative price window, in percent of the item's price.
+    exclude_out_of_stock : bool
+        Leave out items known to be out of stock (an unknown stock state counts as in stock).
+    duplicate_score : float
+        A candidate scoring at least this with the item or with a look-alike already listed is a
+        near-duplicate photo and is left out; one with the same photo hash always is.
+    max_per_brand : int
+        Most look-alikes of one brand per list; 0 for no cap. Items without a brand are not capped.
+    fill : bool
+        Fill a list shorter than ``k`` from the neighbouring bands (or wider window), then the rest of the category.
+    """
+
+    k: int
+    price_window: str = "band"
+    relative_price_pct: float = 20.0
+    exclude_out_of_stock: bool = True
+    duplicate_score: float = 0.99
+    max_per_brand: int = 0
+    fill: bool = True
+
+    def __post_init__(self) -> None:
+        problems = [
+            text for bad, text in (
+                (self.k < 1, f"k must be at least 1, not {self.k}"),
+                (self.price_window not in _TIER_NAMES, f"price_window must be one of {sorted(_TIER_NAMES)}, not {self.price_window!r}"),
+                (not self.relative_price_pct > 0, f"relative_price_pct must be above 0, not {self.relative_price_pct}"),
+                (not 0 < self.duplicate_score, f"duplicate_score must be above 0, not {self.duplicate_score}"),
+                (self.max_per_brand < 0, f"max_per_brand must be 0 (no cap) or more, not {self.max_per_brand}"),
+            ) if bad
+        ]
+        if problems:
+            raise ValueError("display settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any]) -> "DisplayRules":
+        """The rules of a config's ``display`` section."""
+        return cls(
+            k=int(settings["k"]), price_window=str(settings["price_window"]),
+            relative_price_pct=float(settings["relative_price_pct"]),
+            exclude_out_of_stock=bool(settings["exclude_out_of_stock"]),
+            duplicate_score=float(settings["duplicate_score"]), max_per_brand=int(settings["max_per_brand"]),
+            fill=bool(settings["fill"]),
+        )
+
+
+def _tiers(price: np.ndarray, band: np.ndarray, rules: DisplayRules, rows: slice) -> np.ndarray:
+    """``(rows, n)`` tier of every candidate for each query row: 0 own partition, 1 next to it, 2 rest of the category."""
+    if rules.price_window == "band":
+        return np.minimum(np.abs(band[None, :] - band[rows, None]), 2)
+    window = price[rows, None] * (rules.relative_price_pct / 100.0)
+    distance = np.abs(price[None, :] - price[rows, None])
+    return np.where(distance <= window, 0, np.where(distance <= 2 * window, 1, 2))
+
+
+def _pick(
+    order: np.ndarray, vectors: np.ndarray, hashes: np.ndarray, brands: np.ndarray, rules: DisplayRules
+) -> list[int]:
+    """Walk candidates best first and keep those the duplicate and brand rules allow, up to ``k``."""
+    chosen: list[int] = []
+    hashes_shown: set[str] = set()
+    per_brand: dict[str, int] = {}
+    for j in order:
+        brand = brands[j]
+        if rules.max_per_brand and brand is not None and per_brand.get(brand, 0) >= rules.max_per_brand:
+            continue
+        if hashes[j] in hashes_shown:
+            continue
+        if chosen and float(np.max(vectors[chosen] @ vectors[j])) >= rules.duplicate_score:
+            continue
+        chosen.append(int(j))
+        hashes_shown.add(hashes[j])
+        if brand is not None:
+            per_brand[brand] = per_brand.get(brand, 0) + 1
+        if len(chosen) == rules.k:
+            break
+    return chosen
+
+
+def _display_lists(
+    rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Per category: each item's look-alikes under the shop's rules, nearer tiers first."""
+    names = np.array(_TIER_NAMES[rules.price_window])
+    last_tier = 2 if rules.fill else 0
+    # Candidates looked at before falling back to the whole category: room for duplicates and capped brands.
+    pool = 4 * rules.k + 16
+
+    def display(group: pd.DataFrame) -> pd.DataFrame:
+        group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
+        n = len(group)
+        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
+        price = group["price"].to_numpy(dtype=np.float64)
+        band = group["price_band"].to_numpy(dtype=np.int64)
+        hashes = group["image_hash"].to_numpy()
+        brands = np.array([b.strip() or None if isinstance(b, str) else None for b in group["brand"]], dtype=object)
+        buyable = _buyable(group, rules.exclude_out_of_stock)
+        queries, found, tiers = [], [], []
+        for start in range(0, n, block_rows):
+            block = slice(start, min(start + block_rows, n))
+            sims = vectors[block] @ vectors.T
+            tier = _tiers(price, band, rules, block)
+            allowed = (
+                (tier <= last_tier) & buyable[None, :] & (hashes[None, :] != hashes[block, None])
+                & (sims < rules.duplicate_score)
+            )
+            allowed[np.arange(block.stop - block.start), np.arange(block.start, block.stop)] = False
+            key = np.where(allowed, sims - _TIER_GAP * tier, -np.inf)
+            head, head_keys = best_per_row(key, min(pool, n))
+            for r in range(block.stop - block.start):
+                order = head[r][np.isfinite(head_keys[r])]
+                chosen = _pick(order, vectors, hashes, brands, rules)
+                if len(chosen) < rules.k and len(order) == pool:
+                    # The pool ran out before the list was full: walk the whole category (same order).
+                    full = np.argsort(-key[r], kind="stable")
+                    chosen = _pick(full[np.isfinite(key[r][full])], vectors, hashes, brands, rules)
+                queries += [start + r] * len(chosen)
+                found += chosen
+                tiers += tier[r, chosen].tolist()
+        query_rows, found_rows = np.array(queries, dtype=np.int64), np.array(found, dtype=np.int64)
+        scores = np.einsum("ij,ij->i", vectors[query_rows], vectors[found_rows]) if len(found_rows) else np.zeros(0)
+        return pd.DataFrame(
+            {
+                "category": group["category"].to_numpy()[query_rows],
+                "price_band": band[query_rows].astype(np.int32),
+                "item_id": group["item_id"].to_numpy()[query_rows],
+                "rank": _ranks(query_rows),
+                "neighbour_id": group["item_id"].to_numpy()[found_rows],
+                "neighbour_price": price[found_rows],
+                "neighbour_price_band": band[found_rows].astype(np.int32),
+                "neighbour_brand": brands[found_rows],
+                "fill_source": names[np.array(tiers, dtype=np.int64)],
+                **_scored_lineage(group, query_rows, scores.astype(np.float32), run_id, catalog_version),
+            }
+        )
+
+    return display
+
+
+def display_lookalikes(
+    state: DataFrame, catalog: DataFrame, *, rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int
+) -> DataFrame:
+    """For every item, the look-alikes a product page shows: the shop's rules applied, filled to ``k``.
+
+    Candidates are the other items of the category, ranked by tier (own price band or window, then
+    the neighbouring bands or twice the window, then the rest of the category; the later tiers only
+    with ``rules.fill``), then by cosine score, ties to the lower item id. Walking that order, an
+    item is left out if it is known to be out of stock, if its photo has the same hash as the item's
+    or as a look-alike already listed or scores at least ``rules.duplicate_score`` with one of them,
+    or if its brand already has ``rules.max_per_brand`` look-alikes; the first ``k`` others are
+    listed, each marked with the tier it came from. A list is shorter than ``k`` only when the
+    category holds too few items that pass.
+
+    Parameters
+    ----------
+    state : DataFrame
+        The run's ``embeddings`` rows.
+    catalog : DataFrame
+        ``catalog`` at the version the embeddings were computed from (``brand``, ``in_stock``).
+    rules : DisplayRules
+    block_rows : int
+        Query rows per BLAS block.
+    run_id, catalog_version
+        Recorded on every row.
+
+    Returns
+    -------
+    DataFrame
+        In the ``display_lookalikes`` schema.
+    """
+    rows = state.select(
+        "category", "item_id", "embedding", "price", "price_band", "image_hash", "model_version"
+    ).join(catalog.select("item_id", "brand", "in_stock"), "item_id", "left")
+    lists = rows.groupBy("category").applyInPandas(
+        _display_lists(rules, block_rows, run_id, catalog_version), DISPLAY_LOOKALIKES.spark_schema
+    )
+    return conform(lists, DISPLAY_LOOKALIKES)
+
+
 def misclassified_items(state: DataFrame, *, classes: Sequence[str], run_id: str, catalog_version: int) -> DataFrame:
     """Items whose given category is one of the classifier's ``classes`` but not its prediction.
 
@@ -220,14 +432,22 @@ def derived_tables(
     return [
         (CHEAPER_ALTERNATIVES, cheaper_alternatives(
             state, catalog, k=int(settings["cheaper_k"]), in_stock_only=bool(settings["cheaper_in_stock_only"]),
-            block_rows=block_rows, run_id=run_id, catalog_version=catalog_version,
+            max_discount_pct=float(settings["cheaper_max_discount_pct"]), block_rows=block_rows, run_id=run_id,
+            catalog_version=catalog_version,
         )),
         (CROSS_CATEGORY_ITEMS, cross_category_items(
             spark, state, k=int(settings["cross_category_k"]), block_rows=block_rows, run_id=run_id,
             catalog_version=catalog_version,
         )),
         (MISCLASSIFIED_ITEMS, misclassified_items(state, classes=classes, run_id=run_id, catalog_version=catalog_version)),
+        (DISPLAY_LOOKALIKES, display_lookalikes(
+            state, catalog, rules=DisplayRules.from_config(config["display"]), block_rows=block_rows, run_id=run_id,
+            catalog_version=catalog_version,
+        )),
     ]
 
 
-__all__ = ["cheaper_alternatives", "cross_category_items", "derived_tables", "misclassified_items"]
+__all__ = [
+    "DisplayRules", "cheaper_alternatives", "cross_category_items", "derived_tables", "display_lookalikes",
+    "misclassified_items",
+]

@@ -62,11 +62,11 @@ def top_k_blocked(
         stop = min(start + block_rows, m)
         sims = vectors[queries[start:stop]] @ vectors.T
         sims[np.arange(stop - start), queries[start:stop]] = -np.inf  # never your own neighbour
-        neighbours[start:stop], scores[start:stop] = _best_per_row(sims, kk)
+        neighbours[start:stop], scores[start:stop] = best_per_row(sims, kk)
     return neighbours, scores
 
 
-def _best_per_row(sims: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+def best_per_row(sims: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and scores of the ``kk`` largest entries of every row, best first.
 
     Ties are broken by the lower column index, so the result does not depend on how
@@ -127,7 +127,7 @@ def top_k_allowed(
         block = slice(start, min(start + block_rows, m))
         sims = queries[block] @ candidates.T
         sims[~allowed(block)] = -np.inf
-        index, scores = _best_per_row(sims, kk)
+        index, scores = best_per_row(sims, kk)
         keep = np.isfinite(scores)  # a row with fewer than kk allowed candidates gets a shorter list
         query_rows = np.broadcast_to(np.arange(block.start, block.stop)[:, None], index.shape)
         found.append((query_rows[keep], index[keep], scores[keep]))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lookalike.clusters import publish_clusters
 from lookalike.evaluation import list_quality
@@ -16,7 +17,10 @@ from lookalike.recommend import ingest_interactions, publish_recommendations
 from lookalike.refresh import refresh
 from lookalike.report import write_report
 from lookalike.runs import StageTimer
-from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, EMBEDDINGS, MISCLASSIFIED_ITEMS, SIMILAR_ITEMS, TableSchema
+from schemas import (
+    CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, EMBEDDINGS, MISCLASSIFIED_ITEMS, SIMILAR_ITEMS,
+    TableSchema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,7 @@ def run_pipeline(
         "items_with_cheaper_alternatives": items_listed(CHEAPER_ALTERNATIVES),
         "items_with_cross_category_items": items_listed(CROSS_CATEGORY_ITEMS),
         "items_misclassified": items_listed(MISCLASSIFIED_ITEMS),
+        **display_figures(published_table(spark, config, DISPLAY_LOOKALIKES, result.publication)),
         "items_clustered": clusters.items,
         "clusters_per_category": dict(sorted(clusters.chosen_k.items())),
         "interaction_rows": interactions.input_rows if interactions else None,
@@ -105,6 +110,18 @@ def run_pipeline(
         "seconds": {name: round(s, 1) for name, s in {**result.seconds, **timer.seconds}.items()},
     }
     return summary
+
+
+def display_figures(lists: DataFrame) -> dict[str, int]:
+    """Items with a display list, its rows, and the rows filled from outside the item's own band or window (one job)."""
+    own = F.col("fill_source").isin("same_band", "price_window")
+    row = lists.agg(
+        F.countDistinct("item_id").alias("items"), F.count("*").alias("rows"), F.sum((~own).cast("long")).alias("filled")
+    ).first()
+    return {
+        "items_with_display_lookalikes": int(row["items"]), "display_rows": int(row["rows"]),
+        "display_rows_filled": int(row["filled"] or 0),
+    }
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -128,6 +145,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  cheaper alternatives  {summary['items_with_cheaper_alternatives']:>8}   items with at least one",
         f"  cross-category lists  {summary['items_with_cross_category_items']:>8}   items",
         f"  misclassified         {summary['items_misclassified']:>8}   items whose photo the classifier files elsewhere",
+        f"  display lists         {summary['items_with_display_lookalikes']:>8}   items, {summary['display_rows']} rows "
+        f"({summary['display_rows_filled']} filled from outside the item's band)",
         f"  clustered             {summary['items_clustered']:>8}   items, k per category by silhouette: {clusters}",
         f"  recommendations       {summary['users_recommended']:>8}   users ({interactions})",
         f"  classifier accuracy   {pct(summary['classifier_holdout_accuracy']):>8}   (held-out split)",

@@ -37,6 +37,7 @@ from schemas import (
     CATALOG,
     CHEAPER_ALTERNATIVES,
     CROSS_CATEGORY_ITEMS,
+    DISPLAY_LOOKALIKES,
     EMBEDDINGS,
     MISCLASSIFIED_ITEMS,
     PUBLICATIONS,
@@ -54,12 +55,16 @@ PUBLISHED_KEYS: dict[str, tuple[str, ...]] = {
     CHEAPER_ALTERNATIVES.name: ("item_id", "rank"),
     CROSS_CATEGORY_ITEMS.name: ("item_id", "rank"),
     MISCLASSIFIED_ITEMS.name: ("item_id",),
+    DISPLAY_LOOKALIKES.name: ("item_id", "rank"),
 }
 PUBLISHED_TABLES: tuple[TableSchema, ...] = (
     CATALOG, EMBEDDINGS, SIMILAR_ITEMS, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS,
+    DISPLAY_LOOKALIKES,
 )
 # Lists derived from the embeddings, recomputed whole by every run (see lookalike.alternatives).
-DERIVED_TABLES: tuple[TableSchema, ...] = (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS)
+DERIVED_TABLES: tuple[TableSchema, ...] = (
+    CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS, DISPLAY_LOOKALIKES,
+)
 LINEAGE_COLUMNS = ("run_id", "catalog_version")
 DELETE_FLAG = "_delete"
 _METADATA_PREFIX = "lookalike:"
@@ -81,6 +86,7 @@ class Publication:
     cheaper_alternatives_version: int | None = None
     cross_category_items_version: int | None = None
     misclassified_items_version: int | None = None
+    display_lookalikes_version: int | None = None
 
     def version_of(self, table: TableSchema) -> int | None:
         """The version of ``table`` that belongs to this publication; None if the run published none."""

@@ -90,7 +90,7 @@ def staging_path(config: Mapping[str, Any], run_id: str) -> str:
 def input_fingerprint(
     spark: SparkSession, config: Mapping[str, Any], catalog_path: str, *, listing: DataFrame, model: str
 ) -> tuple[str, str]:
-    """Hash of everything a run's output depends on: catalog file bytes, photo listing, model and settings.
+    """Hash of everything a run's output depends on: catalog file bytes, photo listing, model and list settings.
 
     Photos enter by path, length and modification time (no file is read).
 
@@ -118,6 +118,9 @@ def input_fingerprint(
         "image_root": str(config["catalog"]["image_root"]),
         "image_roots": allowed_image_roots(config),
         "index": {key: index[key] for key in ("k", "price_bands", "price_band_edges", "quantile_bands") if key in index},
+        # The derived lists' settings: a retry under other rules would keep the lists committed under the first.
+        "alternatives": dict(config["alternatives"]),
+        "display": dict(config["display"]),
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
