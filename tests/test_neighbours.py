@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.neighbours import similar_items, top_k_blocked
+from lookalike.neighbours import candidate_top_k, similar_items, top_k_blocked
 from schemas import EMBEDDINGS, SIMILAR_ITEMS
 
 
@@ -60,6 +60,32 @@ def test_matches_brute_force_with_many_exact_ties(block_rows, k):
     expected_neighbours, expected_scores = reference_top_k(vectors, k)
     np.testing.assert_array_equal(neighbours, expected_neighbours)
     np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+
+
+@pytest.mark.parametrize("block_rows", [7, 1024])
+def test_float32_candidates_give_the_exact_lists_without_a_full_pass(block_rows):
+    """400 random rows, 13 candidates each: every list comes from its candidates and equals brute force."""
+    vectors = unit_rows(np.random.default_rng(8), 400, 16)
+    neighbours, scores, recomputed = candidate_top_k(vectors, 6, block_rows=block_rows)
+    expected_neighbours, expected_scores = reference_top_k(vectors, 6)
+    np.testing.assert_array_equal(neighbours, expected_neighbours)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+    assert recomputed == 0
+
+
+def test_rows_whose_cut_ties_beyond_the_candidates_are_recomputed_in_full():
+    """With 40 copies of each of 5 vectors, the k-th score ties with rows the 8 candidates leave out:
+    those rows take the full float64 pass and still get the lower-index order."""
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng, 5, 8)[rng.integers(0, 5, size=200)]
+    neighbours, scores, recomputed = candidate_top_k(vectors, 4, block_rows=64, extra=3)
+    expected_neighbours, expected_scores = reference_top_k(vectors, 4)
+    np.testing.assert_array_equal(neighbours, expected_neighbours)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+    assert recomputed == 200
+    # The list of a single row asked alone is the one it gets in the whole batch.
+    alone, _, _ = candidate_top_k(vectors, 4, rows=np.array([17]), extra=3)
+    np.testing.assert_array_equal(alone[0], neighbours[17])
 
 
 def test_self_never_a_neighbour_even_when_duplicated():

@@ -25,11 +25,14 @@ def top_k_blocked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner-product neighbours of every row (or of ``rows``) among the other rows.
 
-    The similarity matrix is computed ``block_rows`` rows at a time (one BLAS matrix product
-    each), so memory is ``block_rows x n`` rather than ``n x n``. Products are summed in float64,
-    so a row's list does not depend on which other rows share its block: an incremental refresh
-    that recomputes a few rows gets the lists a full rebuild would. Ties are broken by the lower
-    row index, so the result is deterministic.
+    Candidates come from a float32 search (faiss ``IndexFlatIP``: BLAS products and a heap
+    selection in C++), ``2k + 8`` per row; they are rescored in float64 and sorted by (score,
+    lower index). A row's list is taken from its candidates only when the float32 error bound
+    proves that no other row can reach its k-th float64 score; any other row (exact ties at the
+    cut, say) is recomputed against every row in float64. So the result is the exact float64
+    top-k whatever the float32 rounding, and a row's list does not depend on which other rows
+    share its block: an incremental refresh that recomputes a few rows gets the lists a full
+    rebuild would. Ties are broken by the lower row index, so the result is deterministic.
 
     Parameters
     ----------
@@ -38,7 +41,7 @@ def top_k_blocked(
     k : int
         Neighbours per row; fewer when ``n - 1 < k``.
     block_rows : int
-        Rows per matrix product.
+        Query rows per search, so memory is ``block_rows x (2k + 8) x d`` (``block_rows x n`` for the rows recomputed in full).
     rows : numpy.ndarray, optional
         Indices of the rows to compute lists for; default all.
 
@@ -49,21 +52,57 @@ def top_k_blocked(
     scores : numpy.ndarray
         Matching similarities, float32.
     """
+    neighbours, scores, _ = candidate_top_k(vectors, k, block_rows=block_rows, rows=rows)
+    return neighbours, scores
+
+
+def candidate_top_k(
+    vectors: np.ndarray, k: int, *, block_rows: int = 1024, rows: np.ndarray | None = None, extra: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``top_k_blocked``, also returning how many rows needed the full float64 pass.
+
+    ``extra`` candidates beyond ``k + 1`` are searched per row (default ``k + 8``).
+    """
+    import faiss
+
     n = vectors.shape[0]
     queries = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     m = len(queries)
     kk = min(k, n - 1)
     if kk <= 0:
-        return np.zeros((m, 0), dtype=np.int64), np.zeros((m, 0), dtype=np.float32)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float64)
+        return np.zeros((m, 0), dtype=np.int64), np.zeros((m, 0), dtype=np.float32), 0
+    exact = np.ascontiguousarray(vectors, dtype=np.float64)
+    rounded = np.ascontiguousarray(exact, dtype=np.float32)
+    # Bound on |float32 score - float64 score| for any pair: rounding the inputs and a d-term float32
+    # sum, each at most (d + 2) units of 2^-24 of |a| |b|; doubled for safety.
+    norm = float(np.linalg.norm(exact, axis=1).max()) if n else 0.0
+    error = 2.0 * (exact.shape[1] + 2) * 2.0**-24 * norm * norm
+    found = min(n, kk + 1 + (kk + 8 if extra is None else extra))
+    index = faiss.IndexFlatIP(rounded.shape[1])
+    index.add(rounded)
     neighbours = np.empty((m, kk), dtype=np.int64)
     scores = np.empty((m, kk), dtype=np.float32)
+    recomputed = 0
     for start in range(0, m, block_rows):
-        stop = min(start + block_rows, m)
-        sims = vectors[queries[start:stop]] @ vectors.T
-        sims[np.arange(stop - start), queries[start:stop]] = -np.inf  # never your own neighbour
-        neighbours[start:stop], scores[start:stop] = best_per_row(sims, kk)
-    return neighbours, scores
+        block = queries[start : start + block_rows]
+        bound, candidates = index.search(rounded[block], found)
+        own = candidates == block[:, None]
+        rescored = np.einsum("bd,bcd->bc", exact[block], exact[np.maximum(candidates, 0)])
+        rescored[own | (candidates < 0)] = -np.inf
+        order = np.lexsort((candidates, -rescored))  # score descending, then the lower index
+        best = np.take_along_axis(candidates, order[:, :kk], axis=1)
+        best_scores = np.take_along_axis(rescored, order[:, :kk], axis=1)
+        # Safe: every row not among the candidates scores at most bound[-1] in float32, so at most
+        # bound[-1] + error in float64, below the k-th candidate's score (or every row was a candidate).
+        safe = (found == n) | (best_scores[:, -1] > bound[:, -1] + error)
+        neighbours[start : start + len(block)] = best
+        scores[start : start + len(block)] = best_scores.astype(np.float32)
+        for r in np.flatnonzero(~safe):
+            sims = exact[block[r : r + 1]] @ exact.T
+            sims[0, block[r]] = -np.inf  # never your own neighbour
+            neighbours[start + r], scores[start + r] = (a[0] for a in best_per_row(sims, kk))
+        recomputed += int((~safe).sum())
+    return neighbours, scores, recomputed
 
 
 def best_per_row(sims: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +180,15 @@ PREVIOUS_LENGTH = "_previous_length"
 PREVIOUS_KTH = "_previous_kth"
 
 
+def _use_task_cores() -> None:
+    """Let faiss use the cores Spark gave the task (``spark.task.cpus``), not every core: tasks run side by side."""
+    import faiss
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    faiss.omp_set_num_threads(max(1, int(context.cpus())) if context is not None else 1)
+
+
 def _partition_top_k(
     k: int, block_rows: int, run_id: str, catalog_version: int
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -151,6 +199,7 @@ def _partition_top_k(
     with a new vector) scores at least its previous k-th score, or its list was short.
     """
     def top_k(group: pd.DataFrame) -> pd.DataFrame:
+        _use_task_cores()
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
         n = len(group)
