@@ -64,7 +64,7 @@ def test_matches_brute_force_with_many_exact_ties(block_rows, k):
 
 @pytest.mark.parametrize("block_rows", [7, 1024])
 def test_float32_candidates_give_the_exact_lists_without_a_full_pass(block_rows):
-    """400 random rows, 13 candidates each: every list comes from its candidates and equals brute force."""
+    """400 random rows, 15 candidates each: every list comes from its candidates and equals brute force."""
     vectors = unit_rows(np.random.default_rng(8), 400, 16)
     neighbours, scores, recomputed = candidate_top_k(vectors, 6, block_rows=block_rows)
     expected_neighbours, expected_scores = reference_top_k(vectors, 6)
