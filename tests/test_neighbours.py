@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.neighbours import candidate_top_k, similar_items, top_k_blocked
+from lookalike.neighbours import BLOCK_CELLS, bounded_block_rows, candidate_top_k, similar_items, top_k_blocked
 from schemas import EMBEDDINGS, SIMILAR_ITEMS
 
 
@@ -86,6 +86,14 @@ def test_rows_whose_cut_ties_beyond_the_candidates_are_recomputed_in_full():
     # The list of a single row asked alone is the one it gets in the whole batch.
     alone, _, _ = candidate_top_k(vectors, 4, rows=np.array([17]), extra=3)
     np.testing.assert_array_equal(alone[0], neighbours[17])
+
+
+def test_query_blocks_shrink_so_a_block_stays_bounded_however_many_candidates():
+    """A 400,000-item category gets 10-row blocks (32 MB of float64 per matrix); small ones keep block_rows."""
+    assert bounded_block_rows(1024, 400_000) == 10 and 10 * 400_000 <= BLOCK_CELLS
+    assert bounded_block_rows(1024, 3_000) == 1024
+    assert bounded_block_rows(1024, 50_000_000) == 1  # never zero rows
+    assert bounded_block_rows(7, 0) == 7
 
 
 def test_self_never_a_neighbour_even_when_duplicated():

@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.neighbours import best_per_row, top_k_allowed
+from lookalike.neighbours import best_per_row, bounded_block_rows, top_k_allowed
 from lookalike.tables import conform
 from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS, TableSchema
 
@@ -263,10 +263,10 @@ class DisplayRules:
 def _tiers(price: np.ndarray, band: np.ndarray, rules: DisplayRules, rows: slice) -> np.ndarray:
     """``(rows, n)`` tier of every candidate for each query row: 0 own partition, 1 next to it, 2 rest of the category."""
     if rules.price_window == "band":
-        return np.minimum(np.abs(band[None, :] - band[rows, None]), 2)
+        return np.minimum(np.abs(band[None, :] - band[rows, None]), 2).astype(np.int8)
     window = price[rows, None] * (rules.relative_price_pct / 100.0)
     distance = np.abs(price[None, :] - price[rows, None])
-    return np.where(distance <= window, 0, np.where(distance <= 2 * window, 1, 2))
+    return np.where(distance <= window, 0, np.where(distance <= 2 * window, 1, 2)).astype(np.int8)
 
 
 def _pick(
@@ -312,8 +312,9 @@ def _display_lists(
         brands = np.array([b.strip() or None if isinstance(b, str) else None for b in group["brand"]], dtype=object)
         buyable = _buyable(group, rules.exclude_out_of_stock)
         queries, found, tiers = [], [], []
-        for start in range(0, n, block_rows):
-            block = slice(start, min(start + block_rows, n))
+        step = bounded_block_rows(block_rows, n)
+        for start in range(0, n, step):
+            block = slice(start, min(start + step, n))
             sims = vectors[block] @ vectors.T
             tier = _tiers(price, band, rules, block)
             allowed = (

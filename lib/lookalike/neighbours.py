@@ -125,6 +125,16 @@ def best_per_row(sims: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(index, order, axis=1), np.take_along_axis(picked, order, axis=1).astype(np.float32)
 
 
+# Most cells of one query block's (rows x candidates) matrices: 4M float64 cells are 32 MB, so a
+# task's memory stays bounded however big a category gets (at n = 400,000 a block has 10 rows).
+BLOCK_CELLS = 1 << 22
+
+
+def bounded_block_rows(block_rows: int, candidates: int) -> int:
+    """``block_rows``, lowered so that a block of ``candidates`` columns holds at most ``BLOCK_CELLS`` cells."""
+    return max(1, min(block_rows, BLOCK_CELLS // max(candidates, 1)))
+
+
 def top_k_allowed(
     queries: np.ndarray,
     candidates: np.ndarray,
@@ -146,7 +156,8 @@ def top_k_allowed(
     allowed : callable
         Given a slice of query rows, a boolean ``(rows, n)`` mask of the candidates each may list.
     block_rows : int
-        Query rows per matrix product, so memory is ``block_rows x n``.
+        Query rows per matrix product, so memory is ``block_rows x n`` (fewer rows for a large
+        ``n``: see ``bounded_block_rows``).
 
     Returns
     -------
@@ -163,6 +174,7 @@ def top_k_allowed(
         return empty, empty, np.zeros(0, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float64)
     candidates = np.ascontiguousarray(candidates, dtype=np.float64)
+    block_rows = bounded_block_rows(block_rows, n)
     for start in range(0, m, block_rows):
         block = slice(start, min(start + block_rows, m))
         sims = queries[block] @ candidates.T
