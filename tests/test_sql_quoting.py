@@ -7,7 +7,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from lookalike.publish import PUBLISHED_TABLES, Publication, register_published_views
 from lookalike.tables import ensure_table, register_tables, table_path
-from schemas import ALL_TABLES, CATALOG, CHEAPER_ALTERNATIVES
+from schemas import ALL_TABLES, CATALOG, CHEAPER_ALTERNATIVES, RUNS
 
 HOSTILE_FOLDER = "store 'x'; DROP DATABASE default; -- it\\'s"
 
@@ -54,3 +54,21 @@ def test_storage_root_with_a_backtick_is_refused(spark, make_config, tmp_path):
     with pytest.raises(ValueError, match="backtick"):
         ensure_table(spark, config, CATALOG)
     assert not (tmp_path / "a`b").exists()
+
+
+def test_registering_another_store_repoints_the_tables_and_leaves_the_first_store_alone(spark, make_config, tmp_path):
+    """The same database registered from a second storage.root reads the second store; the first keeps its rows."""
+    first = make_config(f"storage.root={tmp_path / 'first'}", "storage.database=two_stores")
+    second = make_config(f"storage.root={tmp_path / 'second'}", "storage.database=two_stores")
+    register_tables(spark, first)
+    spark.sql("INSERT INTO two_stores.runs (run_id, job, started_at, finished_at, model_version, figures) "
+              "VALUES ('run-a', 'refresh', current_timestamp(), current_timestamp(), NULL, map('seconds', 1.0D))")
+    assert spark.table("two_stores.runs").count() == 1
+    register_tables(spark, second)
+    for table in ALL_TABLES:
+        location = spark.sql(f"DESCRIBE DETAIL two_stores.{table.name}").first()["location"]
+        assert location == "file:" + table_path(second, table), table.name
+    assert spark.table("two_stores.runs").count() == 0  # the second store's table, empty
+    # The first store's files were not touched: its table still holds its row.
+    first_runs = spark.read.format("delta").load(table_path(first, RUNS))
+    assert [r["run_id"] for r in first_runs.collect()] == ["run-a"]

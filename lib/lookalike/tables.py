@@ -182,14 +182,25 @@ def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]
     list of str
         The qualified names registered.
     """
+    from lookalike import hadoop_fs
+
     database = checked_identifier(config["storage"]["database"])
     spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    registered = {r["tableName"] for r in spark.sql(f"SHOW TABLES IN `{database}`").collect() if not r["isTemporary"]}
     names = []
     for table in ALL_TABLES:
         ensure_table(spark, config, table)
         # table_path is absolute, so the catalog entry does not depend on the working directory.
         name = qualified_name(config, table)
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION {sql_string(table_path(config, table))}")
+        path = table_path(config, table)
+        if table.name in registered:
+            location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+            if hadoop_fs.qualified(spark, location) != hadoop_fs.qualified(spark, path):
+                # Registered from another storage.root: SQL would read that store. The entry points
+                # at a path (an external table), so dropping it leaves that store's files alone.
+                log.warning("%s was registered at %s: re-registering it at %s", name, location, path)
+                spark.sql(f"DROP TABLE {name}")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION {sql_string(path)}")
         names.append(name)
     log.info("registered %d tables in database %s", len(names), database)
     return names
