@@ -135,14 +135,12 @@ def test_cheaper_alternatives_relative_price_mode(spark, hand_made):
     lists = cheaper_alternatives(
         state, catalog, k=5, in_stock_only=True, block_rows=4, run_id="r", catalog_version=3, max_discount_pct=35.0
     )
-    by_id = {item[0]: item for item in ITEMS}
     assertDataFrameEqual(
         lists.where("item_id = 'q'").select("rank", "alternative_id", "alternative_price"),
         spark.createDataFrame([(1, "a2", 95.0), (2, "h", 70.0)], "rank int, alternative_id string, alternative_price double"),
     )
     # The rule holds for every item's list: cheaper, and at most 35 % cheaper.
     assert lists.where("alternative_price >= item_price OR alternative_price < 0.65 * item_price").count() == 0
-    assert lists.count() > 0 and by_id["h"][3] == 70.0
     with pytest.raises(ValueError, match=r"cheaper_max_discount_pct must be in \[0, 100\)"):
         cheaper_alternatives(state, catalog, k=5, in_stock_only=True, block_rows=4, run_id="r", catalog_version=3,
                              max_discount_pct=100.0)
