@@ -41,19 +41,18 @@ import logging
 import os
 import platform
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from lookalike.holdout import TOP_K, retrieval_metrics as holdout_metrics, split_of
 from lookalike.images import decode_image
 
 log = logging.getLogger("lookalike.benchmarks.embedding_options")
 
 HOLDOUT_PERCENT = 20
-TOP_K = 10
 PIXEL_SIZE = 32
 PCA_DIM = 128
 ALL_OPTIONS = ("pixels32", "pca128", "lite0_224", "lite0_128")
@@ -87,22 +86,20 @@ class Items:
     holdout: np.ndarray = field(repr=False)
 
 
-def in_holdout(item_id: str, percent: int = HOLDOUT_PERCENT) -> bool:
-    """Stable split: True when ``zlib.crc32(item_id) % 100 < percent``.
+def in_holdout(item_id: str) -> bool:
+    """Whether an item is a query: the train job's fixed holdout (``lookalike.holdout``, 20 %).
 
     Parameters
     ----------
     item_id : str
         The catalog id as written in ``labels.csv``.
-    percent : int, default 20
-        Share of items in the holdout, in percent.
 
     Returns
     -------
     bool
-        Whether the item is a holdout (query) item.
+        True for holdout (query) items. Trained model bundles never saw these items.
     """
-    return zlib.crc32(item_id.encode("utf-8")) % 100 < percent
+    return split_of(item_id, holdout_fraction=HOLDOUT_PERCENT / 100) == "holdout"
 
 
 def load_items(source_dir: Path, limit: int | None = None) -> Items:
@@ -316,7 +313,7 @@ DESCRIPTIONS = {
 
 
 def retrieval_metrics(vectors: np.ndarray, items: Items, k: int = TOP_K) -> dict[str, float | int]:
-    """Holdout-vs-reference retrieval quality by cosine similarity.
+    """:func:`lookalike.holdout.retrieval_metrics` on ``items``' labels and split.
 
     Parameters
     ----------
@@ -330,35 +327,9 @@ def retrieval_metrics(vectors: np.ndarray, items: Items, k: int = TOP_K) -> dict
     Returns
     -------
     dict
-        ``subcat_1nn``, ``at_p10``, ``at_p10_in_subcat``, ``queries``, ``queries_in_subcat``
-        (queries with at least one reference item of their subCategory).
+        ``subcat_1nn``, ``at_p10``, ``at_p10_in_subcat``, ``queries``, ``queries_in_subcat``.
     """
-    q = np.flatnonzero(items.holdout)
-    r = np.flatnonzero(~items.holdout)
-    sims = vectors[q] @ vectors[r].T  # (n_queries, n_reference)
-    ref_sub, ref_art = items.sub_category[r], items.article_type[r]
-    q_sub, q_art = items.sub_category[q], items.article_type[q]
-
-    # Stable sort on -similarity: ties go to the earlier reference item, so runs repeat.
-    order = np.argsort(-sims, axis=1, kind="stable")
-    subcat_1nn = float(np.mean(ref_sub[order[:, 0]] == q_sub))
-    top = order[:, :k]
-    at_p10 = float(np.mean(ref_art[top] == q_art[:, None]))
-
-    within = []
-    for row, (sub, art) in enumerate(zip(q_sub, q_art)):
-        candidates = np.flatnonzero(ref_sub == sub)
-        if candidates.size == 0:
-            continue
-        ranked = candidates[np.argsort(-sims[row, candidates], kind="stable")][:k]
-        within.append(float(np.mean(ref_art[ranked] == art)))
-    return {
-        "subcat_1nn": subcat_1nn,
-        "at_p10": at_p10,
-        "at_p10_in_subcat": float(np.mean(within)) if within else float("nan"),
-        "queries": int(q.size),
-        "queries_in_subcat": len(within),
-    }
+    return holdout_metrics(vectors, items.sub_category, items.article_type, items.holdout, k=k)
 
 
 def linear_probe_accuracy(vectors: np.ndarray, items: Items, *, epochs: int = 500, seed: int = 0) -> float:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from pyspark.testing import assertDataFrameEqual
 
+from lookalike.holdout import split_of
 from lookalike.training import _class_weights, assign_split, choose_classes, evaluate_classifier, pixels_udf
 
 
@@ -18,18 +19,21 @@ def _jpeg(colour: tuple[int, int, int], size: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def test_split_is_deterministic_and_near_the_configured_fractions(spark):
-    """The same ids and seed always give the same split; shares are near 15/15/70 over 2,000 ids."""
-    ids = spark.createDataFrame([(str(i),) for i in range(2000)], "item_id string")
-    first = assign_split(ids, holdout_fraction=0.15, validation_fraction=0.15, seed=7)
-    second = assign_split(ids, holdout_fraction=0.15, validation_fraction=0.15, seed=7)
-    assertDataFrameEqual(first, second)
-    shares = {r["split"]: r["count"] / 2000 for r in first.groupBy("split").count().collect()}
-    assert shares["holdout"] == pytest.approx(0.15, abs=0.03)
-    assert shares["validation"] == pytest.approx(0.15, abs=0.03)
+def test_split_is_fixed_by_item_id_and_agrees_with_the_evaluation_split(spark):
+    """Spark's split equals ``split_of`` (the evaluation command's) id by id; shares near 20/10/70."""
+    ids = [str(i) for i in range(10000, 12000)] + ["ITEM-é", ""]
+    frame = spark.createDataFrame([(i,) for i in ids], "item_id string")
+    split = assign_split(frame, holdout_fraction=0.2, validation_fraction=0.1)
+    expected = spark.createDataFrame(
+        [(i, split_of(i, holdout_fraction=0.2, validation_fraction=0.1)) for i in ids], "item_id string, split string"
+    )
+    assertDataFrameEqual(split, expected)
+    shares = {r["split"]: r["count"] / len(ids) for r in split.groupBy("split").count().collect()}
+    assert shares["holdout"] == pytest.approx(0.20, abs=0.03)
+    assert shares["validation"] == pytest.approx(0.10, abs=0.03)
     assert shares["train"] == pytest.approx(0.70, abs=0.03)
-    other_seed = assign_split(ids, holdout_fraction=0.15, validation_fraction=0.15, seed=8)
-    assert other_seed.join(first, ["item_id", "split"]).count() < 2000
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        split_of("1", holdout_fraction=0.8, validation_fraction=0.3)
 
 
 def test_classes_are_those_with_enough_training_items(spark):

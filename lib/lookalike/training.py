@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
@@ -14,6 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
+from lookalike.holdout import retrieval_metrics, split_column
 from lookalike.images import ImageDecodeError, decode_image
 from lookalike.model_store import ModelManifest, save_bundle
 from lookalike.tables import has_scheme, read_table, storage_root
@@ -45,14 +47,14 @@ def pixels_udf(image_size: int) -> Callable[..., Column]:
     return to_pixels
 
 
-def assign_split(df: DataFrame, *, holdout_fraction: float, validation_fraction: float, seed: int) -> DataFrame:
-    """Add ``split`` (train / validation / holdout), a deterministic function of item_id and seed."""
-    bucket = F.pmod(F.xxhash64(F.col("item_id"), F.lit(seed)), F.lit(10_000)) / 10_000.0
+def assign_split(df: DataFrame, *, holdout_fraction: float, validation_fraction: float) -> DataFrame:
+    """Add ``split`` (train / validation / holdout), a fixed function of item_id (``lookalike.holdout``).
+
+    The split does not depend on the model's seed, so every model version is measured on the same
+    holdout items, and none of them ever trained on one.
+    """
     return df.withColumn(
-        "split",
-        F.when(bucket < holdout_fraction, "holdout")
-        .when(bucket < holdout_fraction + validation_fraction, "validation")
-        .otherwise("train"),
+        "split", split_column(holdout_fraction=holdout_fraction, validation_fraction=validation_fraction)
     )
 
 
@@ -62,21 +64,20 @@ def training_frame(spark: SparkSession, config: Mapping[str, Any]) -> DataFrame:
     Returns
     -------
     DataFrame
-        ``item_id``, ``category`` (null when unlabelled), ``split``, ``pixels``; rows whose photo
-        does not decode are left out (the embed job quarantines them).
+        ``item_id``, ``category`` and ``article_type`` (null when unlabelled), ``split``,
+        ``pixels``; rows whose photo does not decode are left out (the embed job quarantines them).
     """
     model = config["model"]
-    catalog = read_table(spark, config, CATALOG).select("item_id", "category", "image_hash")
+    catalog = read_table(spark, config, CATALOG).select("item_id", "category", "article_type", "image_hash")
     images = read_table(spark, config, IMAGES).select("image_hash", "content")
     frame = catalog.join(images, "image_hash").select(
-        "item_id", "category", pixels_udf(int(model["image_size"]))("content").alias("pixels")
+        "item_id", "category", "article_type", pixels_udf(int(model["image_size"]))("content").alias("pixels")
     )
     frame = frame.where(F.col("pixels").isNotNull())
     return assign_split(
         frame,
         holdout_fraction=float(model["holdout_fraction"]),
         validation_fraction=float(model["validation_fraction"]),
-        seed=int(model["seed"]),
     )
 
 
@@ -98,13 +99,21 @@ def petastorm_dataset(
     with_labels: bool,
     shuffle: bool,
     epochs: int | None = None,
+    targets: Mapping[str, tuple[str, str]] | None = None,
 ) -> Iterator[tuple[Any, int]]:
     """A ``tf.data`` dataset over ``df`` through Petastorm's Spark converter.
+
+    Parameters
+    ----------
+    targets : mapping, optional
+        For a model with named outputs: output name -> (label column, sample-weight column).
+        Batches are then ``(pixels, {output: label}, {output: weight})``.
 
     Yields
     ------
     (tf.data.Dataset, int)
-        Batches of ``(pixels, label)`` (or ``(pixels, pixels / 255)`` without labels) and the row count.
+        Batches of ``(pixels, label)`` (or ``(pixels, pixels / 255)`` without labels, or the
+        ``targets`` form) and the row count.
     """
     import tensorflow as tf
     from petastorm import TransformSpec
@@ -116,7 +125,10 @@ def petastorm_dataset(
     cache_url = cache if has_scheme(cache) else "file://" + cache  # storage_root made it absolute
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_url)
 
-    fields = ["pixels", "label"] if with_labels else ["pixels"]
+    if targets:
+        fields = ["pixels", *dict.fromkeys(c for pair in targets.values() for c in pair)]
+    else:
+        fields = ["pixels", "label"] if with_labels else ["pixels"]
 
     def to_arrays(pdf: pd.DataFrame) -> pd.DataFrame:
         pdf["pixels"] = [np.frombuffer(b, np.uint8).reshape(size, size, 3).astype(np.float32) for b in pdf["pixels"]]
@@ -132,7 +144,15 @@ def petastorm_dataset(
             shuffling_queue_capacity=4 * batch_size if shuffle else 0,
             transform_spec=spec,
         ) as dataset:
-            if with_labels:
+            if targets:
+                dataset = dataset.map(
+                    lambda row: (
+                        row.pixels,
+                        {name: getattr(row, label) for name, (label, _) in targets.items()},
+                        {name: getattr(row, weight) for name, (_, weight) in targets.items()},
+                    )
+                )
+            elif with_labels:
                 dataset = dataset.map(lambda row: (row.pixels, row.label))
             else:
                 dataset = dataset.map(lambda row: (row.pixels, row.pixels / 255.0))
@@ -150,8 +170,13 @@ def _pixels_array(column: pd.Series, size: int) -> np.ndarray:
 
 def _class_weights(labels: pd.Series, num_classes: int) -> dict[int, float]:
     """Inverse-frequency weights, clipped so tiny classes do not dominate."""
-    counts = labels.value_counts().reindex(range(num_classes), fill_value=0).to_numpy(dtype=float)
-    weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+    return _weights_from_counts(labels.value_counts().to_dict(), num_classes)
+
+
+def _weights_from_counts(counts: Mapping[int, int], num_classes: int) -> dict[int, float]:
+    """``_class_weights`` from per-class item counts (classes absent from ``counts`` have none)."""
+    per_class = np.array([counts.get(i, 0) for i in range(num_classes)], dtype=float)
+    weights = per_class.sum() / (num_classes * np.maximum(per_class, 1.0))
     return {i: float(np.clip(w, 0.5, 5.0)) for i, w in enumerate(weights)}
 
 
@@ -172,6 +197,172 @@ def evaluate_classifier(classifier: Any, pixels: np.ndarray, labels: np.ndarray,
     }
 
 
+EMBEDDINGS = ("autoencoder", "classifier", "resnet50", "lite0", "lite0_finetuned")
+
+
+def _fit_curves(history: Any) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def _index_column(values: list[str], column: str) -> Column:
+    """The position of ``column``'s value in ``values``; null when it is not one of them."""
+    return F.create_map(*[x for i, name in enumerate(values) for x in (F.lit(name), F.lit(i))])[F.col(column)]
+
+
+def _weight_column(counts: Mapping[int, int], num_classes: int, label: str) -> Column:
+    """Per-row inverse-frequency weight of ``label`` (``_class_weights``); 0 where the label is null."""
+    weights = _weights_from_counts(counts, num_classes)
+    return F.coalesce(F.create_map(*[x for i, w in weights.items() for x in (F.lit(i), F.lit(w))])[F.col(label)], F.lit(0.0))
+
+
+def _train_small_classifier(
+    spark: SparkSession, config: Mapping[str, Any], learnable: DataFrame, classes: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """The small CNN category classifier, trained through Petastorm with early stopping on validation."""
+    import keras
+
+    from lookalike import models
+
+    model_conf, train_conf = config["model"], config["train"]
+    classifier = models.build_classifier(
+        num_classes=len(classes), image_size=int(model_conf["image_size"]),
+        embedding_dim=int(model_conf["embedding_dim"]), seed=int(model_conf["seed"]),
+    )
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(float(train_conf["learning_rate"])),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    train_labels = learnable.where("split = 'train'").select("label").toPandas()["label"]
+    batch_size = int(train_conf["batch_size"])
+    with petastorm_dataset(spark, config, learnable.where("split = 'train'"), with_labels=True, shuffle=True) as (
+        train_ds,
+        n_train,
+    ), petastorm_dataset(spark, config, learnable.where("split = 'validation'"), with_labels=True, shuffle=False) as (
+        val_ds,
+        n_val,
+    ):
+        history = classifier.fit(
+            train_ds,
+            steps_per_epoch=max(1, math.ceil(n_train / batch_size)),
+            epochs=int(train_conf["classifier_epochs"]),
+            validation_data=val_ds if n_val else None,
+            validation_steps=max(1, math.ceil(n_val / batch_size)) if n_val else None,
+            class_weight=_class_weights(train_labels, len(classes)),
+            # Keep the epoch that did best on the validation split (the holdout stays unseen).
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)]
+            if n_val
+            else [],
+            verbose=2,
+        )
+    return classifier, {"classifier": _fit_curves(history)}
+
+
+def _finetune_lite0(
+    spark: SparkSession, config: Mapping[str, Any], learnable: DataFrame, classes: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune pretrained Lite0 on category and articleType, fed through Petastorm.
+
+    Tail classes: an articleType with fewer than ``train.min_article_type_count`` training items
+    gets no head of its own (its items still train the category head, with articleType weight 0),
+    and inverse-frequency weights, clipped to [0.5, 5], keep small classes from being ignored
+    without letting a handful of photos dominate.
+    """
+    import keras
+
+    from lookalike import models
+
+    model_conf, train_conf = config["model"], config["train"]
+    train_rows = learnable.where("split = 'train'")
+    type_counts = train_rows.where(F.col("article_type").isNotNull()).groupBy("article_type").count().collect()
+    min_type = int(train_conf["min_article_type_count"])
+    article_types = sorted(r["article_type"] for r in type_counts if r["count"] >= min_type)
+    if not article_types:
+        raise ValueError(f"lite0_finetuned needs articleTypes with >= {min_type} labelled training items, found none")
+    with_types = learnable.withColumn("article_label", _index_column(article_types, "article_type"))
+    label_counts = {r["label"]: r["count"] for r in train_rows.groupBy("label").count().collect()}
+    type_label_counts = {
+        r["article_label"]: r["count"]
+        for r in with_types.where("split = 'train' AND article_label IS NOT NULL").groupBy("article_label").count().collect()
+    }
+    weighted = with_types.select(
+        "split", "pixels", "label",
+        F.coalesce(F.col("article_label"), F.lit(0)).alias("article_label"),  # weight 0 below: any valid index
+        _weight_column(label_counts, len(classes), "label").cast("float").alias("label_weight"),
+        _weight_column(type_label_counts, len(article_types), "article_label").cast("float").alias("article_weight"),
+    )
+    log.info("lite0_finetuned: %d categories, %d articleTypes with >= %d training items", len(classes), len(article_types), min_type)
+
+    trainer, classifier = models.build_lite0_finetune(
+        num_classes=len(classes), num_article_types=len(article_types), image_size=int(model_conf["image_size"]),
+        embedding_dim=int(model_conf["embedding_dim"]), train_from_block=int(train_conf["finetune_from_block"]),
+        seed=int(model_conf["seed"]),
+    )
+    batch_size, epochs = int(train_conf["batch_size"]), int(train_conf["finetune_epochs"])
+    targets = {"category": ("label", "label_weight"), "article_type": ("article_label", "article_weight")}
+    with petastorm_dataset(spark, config, weighted.where("split = 'train'"), with_labels=True, shuffle=True, targets=targets) as (
+        train_ds,
+        n_train,
+    ), petastorm_dataset(spark, config, weighted.where("split = 'validation'"), with_labels=True, shuffle=False, targets=targets) as (
+        val_ds,
+        n_val,
+    ):
+        steps = max(1, math.ceil(n_train / batch_size))
+        # Cosine decay over the whole run: large steps while the new heads settle, small ones at the end.
+        schedule = keras.optimizers.schedules.CosineDecay(float(train_conf["finetune_learning_rate"]), steps * epochs)
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss={"category": "sparse_categorical_crossentropy", "article_type": "sparse_categorical_crossentropy"},
+            weighted_metrics={"category": ["accuracy"], "article_type": ["accuracy"]},
+        )
+        history = trainer.fit(
+            train_ds,
+            steps_per_epoch=steps,
+            epochs=epochs,
+            validation_data=val_ds if n_val else None,
+            validation_steps=max(1, math.ceil(n_val / batch_size)) if n_val else None,
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)]
+            if n_val
+            else [],
+            verbose=2,
+        )
+    curves = _fit_curves(history)
+    curves["article_types"] = article_types  # the articleType head's classes, for reading the curves
+    return classifier, {"lite0_finetuned": curves}
+
+
+def embedding_quality(scorer: Any, labelled: pd.DataFrame, size: int, *, batch_size: int = 64) -> dict[str, Any]:
+    """Retrieval metrics of a scorer's embeddings on the fixed holdout (``lookalike.holdout``).
+
+    Parameters
+    ----------
+    scorer : keras.Model
+        Outputs ``embedding`` (L2-normalised).
+    labelled : pandas.DataFrame
+        ``pixels``, ``category``, ``article_type`` and ``split`` of labelled items; holdout items
+        are the queries, the others the candidates.
+    size : int
+        Image side of ``pixels``.
+
+    Returns
+    -------
+    dict
+        :func:`lookalike.holdout.retrieval_metrics`, plus ``embed_images_per_s`` (model only, on
+        this driver; decode not included) and ``candidates``.
+    """
+    pixels = _pixels_array(labelled["pixels"], size)
+    start = time.perf_counter()
+    vectors = scorer.predict(pixels, batch_size=batch_size, verbose=0)["embedding"]
+    seconds = time.perf_counter() - start
+    metrics: dict[str, Any] = retrieval_metrics(
+        vectors, labelled["category"].to_numpy(), labelled["article_type"].fillna("").to_numpy(),
+        (labelled["split"] == "holdout").to_numpy(),
+    )
+    metrics["candidates"] = int((labelled["split"] != "holdout").sum())
+    metrics["embed_images_per_s"] = float(len(pixels) / seconds) if seconds else None
+    return metrics
+
+
 def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelManifest, dict[str, Any]]:
     """Train the category classifier and the configured embedding model, and save them as one bundle.
 
@@ -185,59 +376,40 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     -------
     (ModelManifest, dict)
         The saved bundle and its metrics (holdout accuracy, per-class accuracy, confusion matrix,
-        training curves).
+        training curves, and ``evaluation``: the embedding's retrieval metrics on the holdout).
+
+    Raises
+    ------
+    ValueError
+        If ``model.embedding`` is not one of ``EMBEDDINGS``.
     """
     import keras
 
     from lookalike import models
 
     model_conf, train_conf = config["model"], config["train"]
+    embedding = str(model_conf["embedding"])
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"model.embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
     size, dim, seed = int(model_conf["image_size"]), int(model_conf["embedding_dim"]), int(model_conf["seed"])
     frame = training_frame(spark, config).cache()
     try:
         labelled = frame.where(F.col("category").isNotNull())
         classes = choose_classes(labelled, min_count=int(model_conf["min_class_count"]))
-        label_of = F.create_map(*[x for i, name in enumerate(classes) for x in (F.lit(name), F.lit(i))])
-        learnable = labelled.withColumn("label", label_of[F.col("category")]).where(F.col("label").isNotNull())
+        learnable = labelled.withColumn("label", _index_column(classes, "category")).where(F.col("label").isNotNull())
         counts = {r["split"]: r["count"] for r in learnable.groupBy("split").count().collect()}
         log.info("classifier: %d classes, items per split %s", len(classes), counts)
 
-        classifier = models.build_classifier(num_classes=len(classes), image_size=size, embedding_dim=dim, seed=seed)
-        classifier.compile(
-            optimizer=keras.optimizers.Adam(float(train_conf["learning_rate"])),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        train_labels = learnable.where("split = 'train'").select("label").toPandas()["label"]
-        batch_size = int(train_conf["batch_size"])
-        with petastorm_dataset(spark, config, learnable.where("split = 'train'"), with_labels=True, shuffle=True) as (
-            train_ds,
-            n_train,
-        ), petastorm_dataset(spark, config, learnable.where("split = 'validation'"), with_labels=True, shuffle=False) as (
-            val_ds,
-            n_val,
-        ):
-            history = classifier.fit(
-                train_ds,
-                steps_per_epoch=max(1, math.ceil(n_train / batch_size)),
-                epochs=int(train_conf["classifier_epochs"]),
-                validation_data=val_ds if n_val else None,
-                validation_steps=max(1, math.ceil(n_val / batch_size)) if n_val else None,
-                class_weight=_class_weights(train_labels, len(classes)),
-                # Keep the epoch that did best on the validation split (the holdout stays unseen).
-                callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)]
-                if n_val
-                else [],
-                verbose=2,
-            )
-        curves = {"classifier": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
+        if embedding == "lite0_finetuned":
+            classifier, curves = _finetune_lite0(spark, config, learnable, classes)
+        else:
+            classifier, curves = _train_small_classifier(spark, config, learnable, classes)
 
         holdout = learnable.where("split = 'holdout'").select("pixels", "label").toPandas()
         holdout_pixels = _pixels_array(holdout["pixels"], size)
         evaluation = evaluate_classifier(classifier, holdout_pixels, holdout["label"].to_numpy(dtype=int), classes)
         log.info("classifier holdout accuracy %.3f on %d items", evaluation["accuracy"] or float("nan"), evaluation["holdout_items"])
 
-        embedding = str(model_conf["embedding"])
         embedder = None
         if embedding == "autoencoder":
             autoencoder, embedder = models.build_autoencoder(image_size=size, embedding_dim=dim, seed=seed)
@@ -246,6 +418,7 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             limit = int(train_conf.get("max_autoencoder_items") or 0)
             if limit:
                 unlabelled_too = unlabelled_too.orderBy(F.xxhash64("item_id")).limit(limit)
+            batch_size = int(train_conf["batch_size"])
             with petastorm_dataset(spark, config, unlabelled_too, with_labels=False, shuffle=True) as (ae_ds, n_ae):
                 ae_history = autoencoder.fit(
                     ae_ds,
@@ -253,13 +426,11 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
                     epochs=int(train_conf["autoencoder_epochs"]),
                     verbose=2,
                 )
-            curves["autoencoder"] = {k: [float(v) for v in vals] for k, vals in ae_history.history.items()}
+            curves["autoencoder"] = _fit_curves(ae_history)
         elif embedding == "resnet50":
             embedder = models.build_resnet50_embedder(image_size=size, weights_path=str(model_conf["resnet50_weights"]))
         elif embedding == "lite0":
             embedder = models.build_lite0_embedder(image_size=size)
-        elif embedding != "classifier":
-            raise ValueError(f"model.embedding must be autoencoder, classifier, resnet50 or lite0, not {embedding!r}")
 
         sample = frame.orderBy(F.xxhash64("item_id")).limit(int(train_conf.get("statistics_sample", 2048)))
         sample_pixels = _pixels_array(sample.select("pixels").toPandas()["pixels"], size)
@@ -267,7 +438,20 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         scorer = models.build_scorer(
             classifier, embedder, embedding_mean=raw.mean(axis=0), embedding_variance=raw.var(axis=0)
         )
-        metrics = {"classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes}
+        quality = None
+        evaluated = labelled.where(F.col("article_type").isNotNull())
+        limit = int(train_conf["evaluation_items"])
+        if limit:
+            evaluated = evaluated.orderBy(F.xxhash64("item_id")).limit(limit)
+        evaluated_rows = evaluated.select("pixels", "category", "article_type", "split").toPandas()
+        if evaluated_rows["split"].eq("holdout").any() and evaluated_rows["split"].ne("holdout").any():
+            quality = embedding_quality(scorer, evaluated_rows, size)
+            quality["classifier_accuracy"] = evaluation["accuracy"]
+            log.info("embedding holdout: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in quality.items()})
+        metrics = {
+            "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
+            "evaluation": quality,
+        }
         manifest = save_bundle(spark, config, scorer, classes=classes, embedding=embedding, metrics=metrics)
     finally:
         frame.unpersist()

@@ -1,0 +1,109 @@
+"""The lite0_finetuned option: pretrained Lite0 trained on the catalog through Petastorm, measured on the fixed holdout."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.config import load_config
+from lookalike.demo_catalog import build_demo_catalog
+from lookalike.holdout import split_of
+from lookalike.images import decode_image
+from lookalike.ingest import ingest_catalog
+from lookalike.model_store import load_manifest, load_metrics, load_scorer_from_bytes, read_scorer_bytes
+from lookalike.training import train_models
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SIZE = 64
+FROM_BLOCK = 14
+
+
+@pytest.fixture(scope="module")
+def finetuned(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One fine-tuning run (one epoch, 64 px) on the ~200 real photos of the test subset."""
+    work = tmp_path_factory.mktemp("finetune")
+    config = load_config(
+        "test",
+        [
+            f"storage.root={work / 'store'}", f"catalog.image_root={photo_subset}", "model.embedding=lite0_finetuned",
+            f"model.image_size={SIZE}", "train.finetune_epochs=1", f"train.finetune_from_block={FROM_BLOCK}",
+            "train.min_article_type_count=3",
+        ],
+        conf_dir=REPO / "conf",
+    )
+    catalog = work / "catalog.csv"
+    build_demo_catalog(photo_subset, catalog, seed=5)
+    ingest_catalog(spark, config, str(catalog), run_id="finetune-run")
+    manifest, metrics = train_models(spark, config)
+    rows = list(csv.DictReader(open(catalog, encoding="utf-8")))
+    return config, manifest, metrics, rows
+
+
+def test_the_bundle_scores_with_the_finetuned_network(spark, finetuned, photo_subset: Path):
+    """The saved scorer (Keras safe mode) gives category probabilities and unit embeddings of the shared layer."""
+    config, manifest, metrics, rows = finetuned
+    assert load_manifest(spark, config) == manifest
+    assert (manifest.embedding, manifest.image_size, manifest.embedding_dim) == ("lite0_finetuned", SIZE, 32)
+    scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
+    pixels = np.stack([decode_image((photo_subset / r["image_uri"]).read_bytes(), SIZE) for r in rows[:4]]).astype(np.float32)
+    out = scorer.predict(pixels, verbose=0)
+    assert out["probabilities"].shape == (4, len(manifest.classes))
+    assert np.allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
+    # Augmentation is training-only: the same photos score the same twice.
+    assert np.array_equal(scorer.predict(pixels, verbose=0)["embedding"], out["embedding"])
+
+
+def test_only_the_later_blocks_were_trained(spark, finetuned):
+    """Blocks before finetune_from_block keep the ImageNet weights exactly; the trained ones moved."""
+    from lookalike.pretrained import load_pretrained_lite0
+
+    config, manifest, *_ = finetuned
+    scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
+    backbone = next(layer for layer in scorer._flatten_layers() if layer.name == "efficientnet_lite0_features")
+    pretrained = load_pretrained_lite0(include_top=False, image_size=SIZE)
+    frozen, moved = [], []
+    for layer in pretrained.layers:
+        if not layer.weights:
+            continue
+        trained = backbone.get_layer(layer.name)
+        same = all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), trained.get_weights()))
+        parts = layer.name.split(".")
+        if parts[0] == "blocks" and int(parts[1]) < FROM_BLOCK or parts[0] in ("conv_stem", "bn0"):
+            frozen.append(same)
+        elif parts[0] in ("conv_head", "bn1") or parts[0] == "blocks":
+            moved.append(not same)
+    assert frozen and all(frozen)
+    assert moved and all(moved)
+
+
+def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
+    """The evaluation's queries are the labelled holdout items of the fixed split, never trained on."""
+    config, manifest, metrics, rows = finetuned
+    labelled = [r for r in rows if r["category"] and r["article_type"] and r["category"] in manifest.classes]
+    fractions = {k: float(config["model"][k]) for k in ("holdout_fraction", "validation_fraction")}
+    split = {r["item_id"]: split_of(r["item_id"], **fractions) for r in rows}
+    evaluation = metrics["evaluation"]
+    holdout_labelled = [r for r in rows if r["category"] and r["article_type"] and split[r["item_id"]] == "holdout"]
+    assert evaluation["queries"] == len(holdout_labelled) > 0
+    assert evaluation["candidates"] == sum(1 for r in rows if r["category"] and r["article_type"]) - len(holdout_labelled)
+    for key in ("subcat_1nn", "at_p10", "at_p10_in_subcat"):
+        assert 0.0 <= evaluation[key] <= 1.0
+    assert evaluation["classifier_accuracy"] == metrics["classifier"]["accuracy"]
+    assert metrics["classifier"]["holdout_items"] == sum(1 for r in labelled if split[r["item_id"]] == "holdout")
+
+    curves = metrics["training_curves"]["lite0_finetuned"]
+    assert len(curves["loss"]) == 1 and {"category_loss", "article_type_loss", "val_loss"} <= set(curves)
+    train_types = [r["article_type"] for r in labelled if split[r["item_id"]] == "train"]
+    assert curves["article_types"] == sorted({t for t in train_types if train_types.count(t) >= 3})
+
+
+def test_an_unknown_embedding_is_refused_before_any_work(spark, make_config):
+    config = make_config("model.embedding=lite1")
+    with pytest.raises(ValueError, match="model.embedding must be one of autoencoder, .*lite0_finetuned"):
+        train_models(spark, config)
