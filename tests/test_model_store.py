@@ -93,6 +93,37 @@ def test_latest_moves_and_old_versions_stay_loadable(spark, config):
     assert load_metrics(spark, config) == {"run": 2}
 
 
+def test_best_is_the_version_with_the_best_holdout_evaluation(spark, make_config):
+    """model.version = best ranks evaluated versions by within-category P@10, then unrestricted P@10,
+    then accuracy, newest on ties; unevaluated bundles never win; latest and a name still work."""
+    config = make_config()
+    assert config["model"]["version"] == "best"  # the shipped default
+
+    def evaluation(within: float, unrestricted: float, accuracy: float) -> dict:
+        return {"evaluation": {"at_p10_in_subcat": within, "at_p10": unrestricted, "classifier_accuracy": accuracy}}
+
+    unevaluated = save_bundle(spark, config, tiny_scorer(11), classes=CLASSES, embedding="classifier", metrics={})
+    assert resolve_version(spark, config) == unevaluated.version  # nothing evaluated yet: the latest
+    saved = {}
+    for name, seed, metrics in [
+        ("good", 12, evaluation(0.80, 0.70, 0.90)),
+        ("tie_older", 13, evaluation(0.85, 0.72, 0.91)),
+        ("tie_newer", 14, evaluation(0.85, 0.72, 0.91)),
+        ("better_unrestricted", 15, evaluation(0.85, 0.71, 0.99)),
+    ]:
+        time.sleep(1.1)  # versions are stamped to the second
+        saved[name] = save_bundle(spark, config, tiny_scorer(seed), classes=CLASSES, embedding="classifier", metrics=metrics)
+    time.sleep(1.1)
+    newest = save_bundle(spark, config, tiny_scorer(16), classes=CLASSES, embedding="autoencoder", metrics={"evaluation": None})
+
+    assert resolve_version(spark, config) == saved["tie_newer"].version
+    assert load_manifest(spark, config) == saved["tie_newer"]
+    assert resolve_version(spark, make_config("model.version=latest")) == newest.version
+    assert resolve_version(spark, make_config(f"model.version={saved['good'].version}")) == saved["good"].version
+    # An explicit version wins over the configured one.
+    assert resolve_version(spark, config, saved["good"].version) == saved["good"].version
+
+
 def test_no_model_yet_raises(spark, config):
     """Asking for the latest model before any was saved raises FileNotFoundError."""
     with pytest.raises(FileNotFoundError):

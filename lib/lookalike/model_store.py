@@ -110,8 +110,40 @@ def file_sha256(path: Path) -> str:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
+# How "best" ranks evaluated versions: the metric lists are ranked by (the pipeline ranks within
+# category), then the unrestricted one, then the classifier's accuracy.
+SELECTION_METRICS = ("at_p10_in_subcat", "at_p10", "classifier_accuracy")
+
+
+def list_versions(spark: SparkSession, config: Mapping[str, Any]) -> list[str]:
+    """Every complete version in the model store, oldest first (versions start with their UTC time)."""
+    root = model_root(config)
+    return [
+        name for name in hadoop_fs.list_names(spark, root)
+        if _NAME.match(name) and name != "LATEST" and hadoop_fs.is_file(spark, f"{root}/{name}/manifest.json")
+    ]
+
+
+def best_version(spark: SparkSession, config: Mapping[str, Any]) -> str | None:
+    """The version whose holdout evaluation ranks first by ``SELECTION_METRICS``; the newest on ties.
+
+    Returns
+    -------
+    str or None
+        None when no version in the store carries an evaluation (bundles saved before it existed).
+    """
+    ranked = []
+    for version in list_versions(spark, config):
+        evaluation = _read_json(spark, f"{model_root(config)}/{version}/metrics.json").get("evaluation")
+        if evaluation:
+            ranked.append((tuple(float(evaluation.get(m) or 0.0) for m in SELECTION_METRICS), version))
+    return max(ranked)[1] if ranked else None
+
+
 def resolve_version(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> str:
-    """The given version, else the one LATEST names.
+    """The given version, else the one ``model.version`` names: ``best``, ``latest`` or a version.
+
+    ``best`` is :func:`best_version`, or the latest when no version has been evaluated.
 
     Raises
     ------
@@ -121,7 +153,10 @@ def resolve_version(spark: SparkSession, config: Mapping[str, Any], version: str
         If the version is not a plain name (a path such as ``../x`` is refused).
     """
     root = model_root(config)
-    if not version:
+    version = version or str(config.get("model", {}).get("version") or "latest")
+    if version == "best":
+        version = best_version(spark, config) or "latest"
+    if version == "latest":
         try:
             version = hadoop_fs.read_bytes(spark, f"{root}/LATEST").decode("utf-8").strip()
         except FileNotFoundError:
@@ -139,7 +174,7 @@ def _read_json(spark: SparkSession, uri: str) -> Any:
 
 
 def load_manifest(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> ModelManifest:
-    """Read a bundle's manifest (default: LATEST).
+    """Read a bundle's manifest (default: the one ``model.version`` names, see :func:`resolve_version`).
 
     Raises
     ------
@@ -154,7 +189,7 @@ def load_manifest(spark: SparkSession, config: Mapping[str, Any], version: str |
 
 
 def load_metrics(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> dict[str, Any]:
-    """Read a bundle's metrics (default: LATEST)."""
+    """Read a bundle's metrics (default: as :func:`load_manifest`)."""
     return _read_json(spark, f"{model_root(config)}/{resolve_version(spark, config, version)}/metrics.json")
 
 

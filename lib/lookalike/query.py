@@ -77,21 +77,22 @@ def lookalikes_of_image(
     category: str | None = None,
     model_version: str | None = None,
 ) -> tuple[str, float, DataFrame]:
-    """Look-alikes of a new photo: scored with the model that built the tables, searched in its
-    predicted category (or in ``category`` when given).
+    """Look-alikes of a new photo: scored with the model that built the published tables (or
+    ``model_version``), searched in its predicted category (or in ``category`` when given).
 
     Returns
     -------
     (str, float, DataFrame)
         Predicted category, its confidence, and the ranked look-alikes.
     """
-    manifest = load_manifest(spark, config, model_version)
+    publication = latest_publication(spark, config)
+    # The published embeddings' own model: a photo embedded by another model is not comparable with them.
+    manifest = load_manifest(spark, config, model_version or (publication.model_version if publication else None))
     scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
     pixels = decode_image(image, manifest.image_size)[np.newaxis].astype(np.float32)
     out = scorer(pixels, training=False)
     probabilities = np.asarray(out["probabilities"])[0]
     predicted = manifest.classes[int(probabilities.argmax())]
-    publication = latest_publication(spark, config)
     candidates = published_table(spark, config, EMBEDDINGS, publication).where(
         (F.col("category") == (category or predicted)) & (F.col("model_version") == manifest.version)
     )
