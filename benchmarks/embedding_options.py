@@ -1,13 +1,16 @@
 """Benchmark: image-embedding options side by side on a held-out split of labelled catalog photos.
 
     .venv/bin/python benchmarks/embedding_options.py [--source-dir ../shared/data/fashion-products]
-        [--limit N] [--batch-size 32] [--options pixels32,pca128,lite0_224,lite0_128] [--report out.json]
+        [--limit N] [--batch-size 32] [--options pixels32,pca128,lite0_224,lite0_128]
+        [--models-from lookalike-data/models] [--bundles FOLDER ...] [--report out.json]
 
-No Spark and no trained model bundle are needed: numpy and TensorFlow/Keras only.
+No Spark is needed: numpy and TensorFlow/Keras only. Without ``--models-from`` / ``--bundles`` no
+trained model is needed either.
 
-Items are the rows of ``labels.csv`` whose photo ``images/<id>.jpg`` exists. The split is a stable
-hash of the id: ``zlib.crc32(id) % 100 < 20`` is the holdout (queries, ~20 %), the rest is the
-reference set (candidates). Options, each giving one L2-normalised vector per item:
+Items are the rows of ``labels.csv`` whose photo ``images/<id>.jpg`` exists. The split is the train
+job's fixed holdout (``lookalike.holdout``): ``zlib.crc32(id) % 100 < 20`` is the holdout (queries,
+~20 %), the rest is the reference set (candidates). Options, each giving one L2-normalised vector
+per item:
 
 - ``pixels32``: raw RGB pixels at 32 x 32, flattened (3,072-d), standardised per dimension with
   the reference items' mean and standard deviation;
@@ -16,7 +19,11 @@ reference set (candidates). Options, each giving one L2-normalised vector per it
 - ``lite0_224``: pretrained (ImageNet) EfficientNet-Lite0 pooled features (1,280-d) at 224 px, as
   the pipeline uses them;
 - ``lite0_128``: the same network and weights on 128 px input (the network is fully convolutional:
-  ``efficientnet_lite0(..., image_size=128)``).
+  ``efficientnet_lite0(..., image_size=128)``);
+- every trained bundle given (``<embedding>_<image size>``: the convolutional autoencoder, the
+  classifier's penultimate layer, fine-tuned Lite0, ...), scored with its own saved scorer, which
+  also gives its classifier's holdout accuracy. A bundle must have been trained with this holdout
+  kept out (its ``metrics.json`` records the split); others are refused.
 
 Metrics per option, cosine similarity, queries = holdout, candidates = reference:
 
@@ -47,8 +54,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lookalike.holdout import TOP_K, retrieval_metrics as holdout_metrics, split_of
+from lookalike.holdout import SPLIT_RULE, TOP_K, retrieval_metrics as holdout_metrics, split_of
 from lookalike.images import decode_image
+from lookalike.model_store import ModelManifest, check_scorer_bytes, load_scorer_from_bytes
 
 log = logging.getLogger("lookalike.benchmarks.embedding_options")
 
@@ -194,6 +202,7 @@ class Embedded:
     vectors: np.ndarray
     embed_s: float
     fit_s: float
+    classifier_accuracy: float | None = None
 
 
 def embed_pixels(items: Items, *, pca_dim: int | None) -> Embedded:
@@ -276,6 +285,100 @@ def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
     vectors = l2_normalise(np.concatenate(chunks))
     embed_s = time.perf_counter() - start
     return Embedded(vectors, embed_s, fit_s)
+
+
+def load_bundle(folder: Path) -> tuple[ModelManifest, dict, object]:
+    """A trained bundle's manifest, metrics and scorer, read from a model store folder.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        ``<storage.root>/models/<version>``.
+
+    Returns
+    -------
+    (ModelManifest, dict, keras.Model)
+
+    Raises
+    ------
+    SystemExit
+        If the bundle was not trained with this command's holdout kept out (its figures would
+        count items it trained on), or its scorer file is not the one saved.
+    """
+    manifest = ModelManifest(**json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    split = metrics.get("split") or {}
+    if split.get("rule") != SPLIT_RULE or split.get("holdout_fraction") != HOLDOUT_PERCENT / 100:
+        raise SystemExit(
+            f"bundle {manifest.version} was not trained with this holdout ({SPLIT_RULE} < {HOLDOUT_PERCENT} kept out; "
+            f"its metrics say {split or 'nothing'}): retrain it with the train job"
+        )
+    content = check_scorer_bytes((folder / manifest.scorer_file).read_bytes(), manifest)
+    return manifest, metrics, load_scorer_from_bytes(content)
+
+
+def embed_bundle(items: Items, folder: Path, *, batch_size: int) -> Embedded:
+    """A trained bundle's scorer: its embedding, and its classifier's holdout accuracy.
+
+    Parameters
+    ----------
+    items : Items
+        All items, decoded at the bundle's image size.
+    folder : pathlib.Path
+        The bundle's folder in the model store.
+    batch_size : int
+        Photos per inference call.
+
+    Returns
+    -------
+    Embedded
+        Vectors (already L2-normalised by the scorer), decode+score time, load time, and the
+        share of holdout items whose subCategory the classifier predicts (a subCategory it never
+        learnt counts as a miss).
+    """
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    manifest, _, scorer = load_bundle(folder)
+    size = manifest.image_size
+    infer = tf.function(lambda x: scorer(x, training=False), reduce_retracing=True)
+    infer(tf.zeros((batch_size, size, size, 3), tf.float32))
+    tail = len(items.ids) % batch_size
+    if tail:
+        infer(tf.zeros((tail, size, size, 3), tf.float32))
+    fit_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    vectors, predicted = [], []
+    for i in range(0, len(items.contents), batch_size):
+        out = infer(tf.constant(decode_all(items.contents[i : i + batch_size], size), tf.float32))
+        vectors.append(out["embedding"].numpy())
+        predicted.append(out["probabilities"].numpy().argmax(axis=1))
+    embed_s = time.perf_counter() - start
+    names = np.array(manifest.classes)[np.concatenate(predicted)]
+    accuracy = float(np.mean(names[items.holdout] == items.sub_category[items.holdout]))
+    return Embedded(np.concatenate(vectors), embed_s, fit_s, classifier_accuracy=accuracy)
+
+
+def bundle_folders(models_from: str | None, bundles: Sequence[str]) -> list[Path]:
+    """The bundle folders to evaluate: those named, then every version in a model store folder.
+
+    Parameters
+    ----------
+    models_from : str, optional
+        A model store folder (``<storage.root>/models``); every subfolder with a manifest is a version.
+    bundles : sequence of str
+        Bundle folders given one by one.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Each folder once, in that order.
+    """
+    folders = [Path(b) for b in bundles]
+    if models_from:
+        folders += sorted(p for p in Path(models_from).iterdir() if (p / "manifest.json").is_file())
+    return list(dict.fromkeys(folders))
 
 
 def option_runners(batch_size: int) -> dict[str, Callable[[Items], Embedded]]:
@@ -428,18 +531,19 @@ def markdown_table(results: dict[str, dict], chance: dict[str, float]) -> str:
         The table.
     """
     lines = [
-        "| option | subCategory 1-NN acc. | subCategory linear probe acc. | articleType P@10 "
-        "| articleType P@10 within subCategory | images/s (decode+embed) | fit / model build s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| option | subCategory 1-NN acc. | subCategory linear probe acc. | subCategory classifier acc. "
+        "| articleType P@10 | articleType P@10 within subCategory | images/s (decode+embed) | fit / model build s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in results.items():
+        classifier = "" if res.get("classifier_accuracy") is None else f"{res['classifier_accuracy']:.3f}"
         lines.append(
-            f"| `{name}`: {DESCRIPTIONS[name]} | {res['subcat_1nn']:.3f} | {res['subcat_linear_probe']:.3f} | "
-            f"{res['at_p10']:.3f} | "
+            f"| `{name}`: {res.get('description') or DESCRIPTIONS[name]} | {res['subcat_1nn']:.3f} | "
+            f"{res['subcat_linear_probe']:.3f} | {classifier} | {res['at_p10']:.3f} | "
             f"{res['at_p10_in_subcat']:.3f} | {res['images_per_s']:.0f} | {res['fit_s']:.1f} |"
         )
     lines.append(
-        f"| random ranking (chance) | {chance['subcat_1nn']:.3f} | | {chance['at_p10']:.3f} | "
+        f"| random ranking (chance) | {chance['subcat_1nn']:.3f} | | | {chance['at_p10']:.3f} | "
         f"{chance['at_p10_in_subcat']:.3f} | | |"
     )
     return "\n".join(lines)
@@ -465,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="Lite0 inference batch size (default: %(default)s)")
     parser.add_argument("--options", default=",".join(ALL_OPTIONS),
                         help="comma-separated subset of " + ", ".join(ALL_OPTIONS))
+    parser.add_argument("--bundles", nargs="*", default=[],
+                        help="trained model bundle folders (<storage.root>/models/<version>) to evaluate as well")
+    parser.add_argument("--models-from", default=None,
+                        help="a model store folder (<storage.root>/models): evaluate every version in it")
     parser.add_argument("--report", default=None, help="also write the results as JSON to this path")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -487,11 +595,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # One untimed decode first, so the first option timed does not pay for Pillow's lazy set-up.
     decode_image(items.contents[0], PIXEL_SIZE)
-    runners = option_runners(args.batch_size)
+    runners: dict[str, Callable[[Items], Embedded]] = {n: option_runners(args.batch_size)[n] for n in names}
+    descriptions: dict[str, str] = {}
+    for folder in bundle_folders(args.models_from, args.bundles):
+        manifest = ModelManifest(**json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+        name = f"{manifest.embedding}_{manifest.image_size}"
+        name = name if name not in runners else f"{name} ({manifest.version})"
+        runners[name] = lambda items, folder=folder: embed_bundle(items, folder, batch_size=args.batch_size)
+        descriptions[name] = f"trained bundle {manifest.version}, {manifest.embedding_dim}-d"
     results: dict[str, dict] = {}
-    for name in names:
+    for name, runner in runners.items():
         log.info("option %s ...", name)
-        embedded = runners[name](items)
+        embedded = runner(items)
         metrics = retrieval_metrics(embedded.vectors, items)
         metrics["subcat_linear_probe"] = linear_probe_accuracy(embedded.vectors, items)
         results[name] = {
@@ -500,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "embed_s": embedded.embed_s,
             "images_per_s": len(items.ids) / embedded.embed_s,
             "fit_s": embedded.fit_s,
+            "classifier_accuracy": embedded.classifier_accuracy,
+            "description": descriptions.get(name),
         }
         log.info("option %s: %s", name, {k: round(v, 4) if isinstance(v, float) else v
                                           for k, v in results[name].items()})
@@ -519,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "items": len(items.ids),
             "holdout": n_hold,
             "reference": len(items.ids) - n_hold,
-            "split": f"zlib.crc32(id) % 100 < {HOLDOUT_PERCENT} -> holdout",
+            "split": f"{SPLIT_RULE} < {HOLDOUT_PERCENT} -> holdout",
             "k": TOP_K,
             "batch_size": args.batch_size,
             "cpus": os.cpu_count(),

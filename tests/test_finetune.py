@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +111,34 @@ def test_an_unknown_embedding_is_refused_before_any_work(spark, make_config):
     config = make_config("model.embedding=lite1")
     with pytest.raises(ValueError, match="model.embedding must be one of autoencoder, .*lite0_finetuned"):
         train_models(spark, config)
+
+
+def _evaluation_command():
+    spec = importlib.util.spec_from_file_location("embedding_options", REPO / "benchmarks" / "embedding_options.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_evaluation_command_reproduces_the_recorded_evaluation(finetuned, photo_subset: Path, tmp_path: Path):
+    """benchmarks/embedding_options.py scores the bundle from its files alone and gets the figures
+    the train job recorded; a bundle trained on another split is refused."""
+    config, manifest, metrics, _ = finetuned
+    command = _evaluation_command()
+    folder = Path(config["storage"]["root"]) / "models" / manifest.version
+    items = command.load_items(photo_subset)
+    embedded = command.embed_bundle(items, folder, batch_size=16)
+    measured = command.retrieval_metrics(embedded.vectors, items)
+    recorded = metrics["evaluation"]
+    for key in ("subcat_1nn", "at_p10", "at_p10_in_subcat"):
+        assert measured[key] == pytest.approx(recorded[key], abs=1e-9), key
+    assert measured["queries"] == recorded["queries"]
+    assert embedded.classifier_accuracy == pytest.approx(metrics["classifier"]["accuracy"])
+
+    other = tmp_path / manifest.version
+    shutil.copytree(folder, other)
+    changed = {**metrics, "split": {**metrics["split"], "holdout_fraction": 0.15}}
+    (other / "metrics.json").write_text(json.dumps(changed), encoding="utf-8")
+    with pytest.raises(SystemExit, match="not trained with this holdout"):
+        command.embed_bundle(items, other, batch_size=16)

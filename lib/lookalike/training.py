@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from lookalike.holdout import retrieval_metrics, split_column
+from lookalike.holdout import SPLIT_RULE, retrieval_metrics, split_column
 from lookalike.images import ImageDecodeError, decode_image
 from lookalike.model_store import ModelManifest, save_bundle
 from lookalike.tables import has_scheme, read_table, storage_root
@@ -451,6 +451,11 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         metrics = {
             "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
             "evaluation": quality,
+            "split": {
+                "rule": SPLIT_RULE,
+                "holdout_fraction": float(model_conf["holdout_fraction"]),
+                "validation_fraction": float(model_conf["validation_fraction"]),
+            },
         }
         manifest = save_bundle(spark, config, scorer, classes=classes, embedding=embedding, metrics=metrics)
     finally:
