@@ -18,6 +18,7 @@ from lookalike.model_store import (
     load_scorer_from_bytes,
     model_root,
     read_scorer_bytes,
+    registry,
     resolve_version,
     save_bundle,
 )
@@ -122,6 +123,13 @@ def test_best_is_the_version_with_the_best_holdout_evaluation(spark, make_config
     assert resolve_version(spark, make_config(f"model.version={saved['good'].version}")) == saved["good"].version
     # An explicit version wins over the configured one.
     assert resolve_version(spark, config, saved["good"].version) == saved["good"].version
+
+    listed = registry(spark, make_config("model.version=latest"))
+    assert [row["version"] for row in listed] == [unevaluated.version, *(m.version for m in saved.values()), newest.version]
+    flags = {row["version"]: {k for k in ("latest", "best", "selected") if row[k]} for row in listed}
+    assert flags[newest.version] == {"latest", "selected"} and flags[saved["tie_newer"].version] == {"best"}
+    assert sum(map(len, flags.values())) == 3
+    assert listed[2]["evaluation"]["at_p10"] == 0.72 and listed[0]["evaluation"] is None
 
 
 def test_no_model_yet_raises(spark, config):

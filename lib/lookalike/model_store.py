@@ -140,6 +140,34 @@ def best_version(spark: SparkSession, config: Mapping[str, Any]) -> str | None:
     return max(ranked)[1] if ranked else None
 
 
+def registry(spark: SparkSession, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every version in the model store with its holdout figures, oldest first.
+
+    Returns
+    -------
+    list of dict
+        ``version``, ``embedding``, ``image_size``, ``embedding_dim``, ``classes``, the
+        ``evaluation`` metrics (None for bundles saved before evaluations), and ``latest``,
+        ``best`` and ``selected`` (the one ``model.version`` resolves to) flags.
+    """
+    root = model_root(config)
+    versions = list_versions(spark, config)
+    if not versions:
+        return []
+    latest = resolve_version(spark, config, "latest")
+    best, selected = best_version(spark, config), resolve_version(spark, config)
+    rows = []
+    for version in versions:
+        manifest = ModelManifest(**_read_json(spark, f"{root}/{version}/manifest.json"))
+        rows.append({
+            "version": version, "embedding": manifest.embedding, "image_size": manifest.image_size,
+            "embedding_dim": manifest.embedding_dim, "classes": len(manifest.classes),
+            "evaluation": _read_json(spark, f"{root}/{version}/metrics.json").get("evaluation"),
+            "latest": version == latest, "best": version == best, "selected": version == selected,
+        })
+    return rows
+
+
 def resolve_version(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> str:
     """The given version, else the one ``model.version`` names: ``best``, ``latest`` or a version.
 

@@ -100,6 +100,7 @@ def petastorm_dataset(
     shuffle: bool,
     epochs: int | None = None,
     targets: Mapping[str, tuple[str, str]] | None = None,
+    batch_size: int | None = None,
 ) -> Iterator[tuple[Any, int]]:
     """A ``tf.data`` dataset over ``df`` through Petastorm's Spark converter.
 
@@ -108,6 +109,8 @@ def petastorm_dataset(
     targets : mapping, optional
         For a model with named outputs: output name -> (label column, sample-weight column).
         Batches are then ``(pixels, {output: label}, {output: weight})``.
+    batch_size : int, optional
+        Rows per batch (default: ``train.batch_size``).
 
     Yields
     ------
@@ -120,7 +123,7 @@ def petastorm_dataset(
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     size = int(config["model"]["image_size"])
-    batch_size = int(config["train"]["batch_size"])
+    batch_size = int(batch_size or config["train"]["batch_size"])
     cache = storage_root(config) + "/cache/petastorm"
     cache_url = cache if has_scheme(cache) else "file://" + cache  # storage_root made it absolute
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_url)
@@ -298,12 +301,14 @@ def _finetune_lite0(
         embedding_dim=int(model_conf["embedding_dim"]), train_from_block=int(train_conf["finetune_from_block"]),
         seed=int(model_conf["seed"]),
     )
-    batch_size, epochs = int(train_conf["batch_size"]), int(train_conf["finetune_epochs"])
+    batch_size, epochs = int(train_conf["finetune_batch_size"]), int(train_conf["finetune_epochs"])
     targets = {"category": ("label", "label_weight"), "article_type": ("article_label", "article_weight")}
-    with petastorm_dataset(spark, config, weighted.where("split = 'train'"), with_labels=True, shuffle=True, targets=targets) as (
+    with petastorm_dataset(spark, config, weighted.where("split = 'train'"), with_labels=True, shuffle=True, targets=targets,
+                           batch_size=batch_size) as (
         train_ds,
         n_train,
-    ), petastorm_dataset(spark, config, weighted.where("split = 'validation'"), with_labels=True, shuffle=False, targets=targets) as (
+    ), petastorm_dataset(spark, config, weighted.where("split = 'validation'"), with_labels=True, shuffle=False, targets=targets,
+                           batch_size=batch_size) as (
         val_ds,
         n_val,
     ):
