@@ -19,7 +19,7 @@ def main() -> None:
     parser = job_parser(__doc__)
     parser.add_argument("--catalog", required=True, help="tonight's whole catalog: .csv, .parquet or .jsonl (any Hadoop path)")
     parser.add_argument("--format", default=None, choices=["csv", "parquet", "json"], help="override the extension")
-    parser.add_argument("--model-version", default=None, help="model bundle (default: latest)")
+    parser.add_argument("--model-version", default=None, help="model bundle (default: model.version, the best evaluated)")
     parser.add_argument("--rehash-images", action="store_true", help="read every photo, even unchanged ones")
     args = parser.parse_args()
     spark, config, run_id = start_job("refresh", args)

@@ -137,8 +137,8 @@ def build_lite0_finetune(
     Both heads read one ``embedding`` layer, so training on articleType pulls items of the same
     type together in it, and the category head is the classifier. The backbone's blocks before
     ``train_from_block`` stay frozen (their batch-norm statistics too): on a catalog of a few
-    thousand labelled photos the low-level ImageNet filters are kept, and training runs about four
-    times faster on CPUs than with the whole network trainable.
+    thousand labelled photos the low-level ImageNet filters are kept, and training runs several times
+    faster on CPUs than with the whole network trainable (2.7x from block 6, 4.4x from block 10).
 
     Parameters
     ----------

@@ -44,7 +44,7 @@ def run_pipeline(
     run_id : str
         Recorded on every row written.
     train : bool
-        Train a new model bundle after ingest; if False, the latest one is used.
+        Train a new model bundle after ingest; either way the run scores with the version ``model.version`` selects.
     interactions_path : str, optional
         User interactions to ingest before the recommendations; default: the interactions table as it is.
 

@@ -279,14 +279,15 @@ def refresh(
     run_id : str
         Letters, digits, ``_.-``. Reuse the same id to resume a run that was killed.
     model_version : str, optional
-        Model bundle to embed with (default: the latest). A version different from the
-        published embeddings' re-embeds every item.
+        Model bundle to embed with (default: the one ``model.version`` names, the best evaluated
+        by default). A version different from the published embeddings' re-embeds every item.
     file_format : str, optional
         Overrides the format told from the catalog's extension.
     rehash_images : bool
         Read every photo even when its length and modification time are unchanged.
     train : bool
-        Train a new model bundle after ingest and embed with it (the demo does).
+        Train a new model bundle after ingest (the demo does), then embed with the version
+        ``model.version`` selects: the new one unless an earlier one did better on the holdout.
 
     Returns
     -------
@@ -335,7 +336,15 @@ def refresh(
         from lookalike.training import train_models  # TensorFlow is only imported when training
 
         with timer.stage("train"):
-            manifest, _ = train_models(spark, config)
+            trained, _ = train_models(spark, config)
+        # model.version decides, as for runs that do not train: by default the best evaluated
+        # version, which is the new one unless an earlier version did better on the holdout.
+        manifest = load_manifest(spark, config, model_version)
+        if manifest.version != trained.version:
+            log.warning(
+                "the model trained by this run (%s) is not the one model.version = %r selects; scoring with %s",
+                trained.version, model_version or config["model"]["version"], manifest.version,
+            )
     else:
         assert existing is not None
         manifest = existing
