@@ -245,6 +245,30 @@ def embed_pixels(items: Items, *, pca_dim: int | None) -> Embedded:
     return Embedded(vectors, decode_s + transform_s, fit_s)
 
 
+def traced_inference(model: Callable, *, size: int, batch_size: int, items: int) -> Callable:
+    """``model`` in inference mode as a ``tf.function``, traced for a full and the last partial batch.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Takes ``(n, size, size, 3)`` float32 pixels.
+    size, batch_size, items : int
+        Input side, batch size and the number of items that will be fed.
+
+    Returns
+    -------
+    callable
+        The traced function: no tracing lands in the timed loop.
+    """
+    import tensorflow as tf
+
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    infer(tf.zeros((batch_size, size, size, 3), tf.float32))
+    if items % batch_size:
+        infer(tf.zeros((items % batch_size, size, size, 3), tf.float32))
+    return infer
+
+
 def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
     """Pretrained Lite0 features at ``size`` px, decode and inference batch by batch.
 
@@ -269,12 +293,7 @@ def embed_lite0(items: Items, *, size: int, batch_size: int) -> Embedded:
     start = time.perf_counter()
     # The train job's own lite0 embedder: uint8 pixels in, (x - 127) / 128 inside the model.
     model = build_lite0_embedder(image_size=size)
-    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    # Warm-up with a full and a last partial batch so no tracing lands in the timed loop.
-    infer(tf.zeros((batch_size, size, size, 3), tf.float32))
-    tail = len(items.ids) % batch_size
-    if tail:
-        infer(tf.zeros((tail, size, size, 3), tf.float32))
+    infer = traced_inference(model, size=size, batch_size=batch_size, items=len(items.ids))
     fit_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -341,11 +360,7 @@ def embed_bundle(items: Items, folder: Path, *, batch_size: int) -> Embedded:
     start = time.perf_counter()
     manifest, _, scorer = load_bundle(folder)
     size = manifest.image_size
-    infer = tf.function(lambda x: scorer(x, training=False), reduce_retracing=True)
-    infer(tf.zeros((batch_size, size, size, 3), tf.float32))
-    tail = len(items.ids) % batch_size
-    if tail:
-        infer(tf.zeros((tail, size, size, 3), tf.float32))
+    infer = traced_inference(scorer, size=size, batch_size=batch_size, items=len(items.ids))
     fit_s = time.perf_counter() - start
 
     start = time.perf_counter()
