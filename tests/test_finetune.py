@@ -103,6 +103,10 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
 
     curves = metrics["training_curves"]["lite0_finetuned"]
     assert len(curves["loss"]) == 1 and {"category_loss", "article_type_loss", "val_loss"} <= set(curves)
+    # The fine-tuned classifier learns every category with train.finetune_min_class_count training items.
+    train_categories = [r["category"] for r in rows if r["category"] and split[r["item_id"]] == "train"]
+    minimum = int(config["train"]["finetune_min_class_count"])
+    assert manifest.classes == sorted({c for c in train_categories if train_categories.count(c) >= minimum})
     train_types = [r["article_type"] for r in labelled if split[r["item_id"]] == "train"]
     assert curves["article_types"] == sorted({t for t in train_types if train_types.count(t) >= 3})
 

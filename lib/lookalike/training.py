@@ -400,7 +400,9 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     frame = training_frame(spark, config).cache()
     try:
         labelled = frame.where(F.col("category").isNotNull())
-        classes = choose_classes(labelled, min_count=int(model_conf["min_class_count"]))
+        # The pretrained backbone learns a category from a few photos; the small CNNs need many.
+        min_count = train_conf["finetune_min_class_count"] if embedding == "lite0_finetuned" else model_conf["min_class_count"]
+        classes = choose_classes(labelled, min_count=int(min_count))
         learnable = labelled.withColumn("label", _index_column(classes, "category")).where(F.col("label").isNotNull())
         counts = {r["split"]: r["count"] for r in learnable.groupBy("split").count().collect()}
         log.info("classifier: %d classes, items per split %s", len(classes), counts)
