@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 from lookalike.config import load_config
 from lookalike.demo_catalog import build_demo_catalog
@@ -117,19 +116,11 @@ def test_an_unknown_embedding_is_refused_before_any_work(spark, make_config):
         train_models(spark, config)
 
 
-def _evaluation_command():
-    spec = importlib.util.spec_from_file_location("embedding_options", REPO / "benchmarks" / "embedding_options.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_evaluation_command_reproduces_the_recorded_evaluation(finetuned, photo_subset: Path, tmp_path: Path):
     """benchmarks/embedding_options.py scores the bundle from its files alone and gets the figures
     the train job recorded; a bundle trained on another split is refused."""
     config, manifest, metrics, _ = finetuned
-    command = _evaluation_command()
+    command = load_benchmark("embedding_options")
     folder = Path(config["storage"]["root"]) / "models" / manifest.version
     items = command.load_items(photo_subset)
     embedded = command.embed_bundle(items, folder, batch_size=16)
