@@ -1,0 +1,122 @@
+"""The fine-tuning recipe runs of docs/MODELS.md: the fine-tuned Lite0 layout fed from numpy, no Spark.
+
+    .venv/bin/python benchmarks/finetune_recipe.py --from-block 6 --epochs 8 --lr 5e-4 --evaluate-at 4,6,8
+    .venv/bin/python benchmarks/finetune_recipe.py --flip-check lookalike-data/models/<version>
+
+Trains on every reference item (all 25 subCategories and 63 articleTypes get a head output) and
+measures on the fixed holdout (``lookalike.holdout``) at the epochs given: classifier accuracy over
+all 497 queries, the articleType head's vote added to it, and the retrieval figures of the shared
+256-d layer and of the backbone's pooled features. ``--flip-check`` scores a trained bundle's
+holdout photos and their mirror images and compares the classifier accuracy with and without
+averaging the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import embedding_options as options
+
+
+def recipe(args: argparse.Namespace) -> None:
+    """Train the recipe network once, printing the holdout figures at the chosen epochs."""
+    import keras
+    from keras import layers
+
+    from lookalike.pretrained import load_pretrained_lite0
+
+    items = options.load_items(Path(args.source_dir))
+    pixels = options.decode_all(items.contents, args.size).astype(np.float32)
+    categories, types = sorted(set(items.sub_category)), sorted(set(items.article_type))
+    y_category = np.array([categories.index(c) for c in items.sub_category])
+    y_type = np.array([types.index(a) for a in items.article_type])
+    train = ~items.holdout
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((args.size, args.size, 3))
+    x = layers.RandomFlip("horizontal")(inputs)
+    x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant", fill_value=255.0)(x)
+    x = layers.RandomZoom(0.1, fill_mode="constant", fill_value=255.0)(x)
+    x = layers.Rescaling(1 / 128.0, offset=-127 / 128.0)(x)
+    backbone = load_pretrained_lite0(include_top=False, image_size=args.size)
+    for layer in backbone.layers:
+        parts = layer.name.split(".")
+        layer.trainable = (parts[0] == "blocks" and int(parts[1]) >= args.from_block) or parts[0] in ("conv_head", "bn1")
+    pooled = backbone(x)
+    embedding = layers.Dense(256, name="embedding")(layers.Dropout(0.3)(pooled))
+    head_input = layers.Dropout(0.2)(embedding)
+    category = layers.Dense(len(categories), activation="softmax")(head_input)
+    article_type = layers.Dense(len(types), activation="softmax")(head_input)
+    model = keras.Model(inputs, [category, article_type])
+
+    def weights(labels: np.ndarray, n: int) -> np.ndarray:
+        counts = np.bincount(labels[train], minlength=n).astype(float)
+        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels[train]]
+
+    sample_weight = (weights(y_category, len(categories)) + weights(y_type, len(types))) / 2
+    steps = args.epochs * int(np.ceil(train.sum() / 32))
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
+                  loss=[keras.losses.SparseCategoricalCrossentropy(), keras.losses.SparseCategoricalCrossentropy()])
+    scorer = keras.Model(inputs, [embedding, category, article_type])
+    features = keras.Model(inputs, pooled)
+    # Which subCategory each articleType's training items belong to, for the head's vote.
+    type_to_category = np.zeros((len(types), len(categories)))
+    np.add.at(type_to_category, (y_type[train], y_category[train]), 1)
+    type_to_category /= np.maximum(type_to_category.sum(axis=1, keepdims=True), 1)
+    evaluate_at = {int(e) for e in args.evaluate_at.split(",")}
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        model.fit(pixels[train], [y_category[train], y_type[train]], sample_weight=sample_weight, batch_size=32,
+                  epochs=1, verbose=0, shuffle=True)
+        line = f"epoch {epoch} {time.perf_counter() - start:.0f}s"
+        if epoch in evaluate_at:
+            vectors, p_category, p_type = scorer.predict(pixels, batch_size=64, verbose=0)
+            q = items.holdout
+            accuracy = float(np.mean(p_category[q].argmax(1) == y_category[q]))
+            voted = float(np.mean((p_category[q] + p_type[q] @ type_to_category).argmax(1) == y_category[q]))
+            shared = options.retrieval_metrics(options.l2_normalise(vectors), items)
+            backbone_only = options.retrieval_metrics(options.l2_normalise(features.predict(pixels, batch_size=64, verbose=0)), items)
+            line += (f" classifier {accuracy:.3f} with articleType vote {voted:.3f}"
+                     f" | shared layer P@10 {shared['at_p10']:.3f} within {shared['at_p10_in_subcat']:.3f}"
+                     f" 1-NN {shared['subcat_1nn']:.3f} | pooled P@10 {backbone_only['at_p10']:.3f}"
+                     f" within {backbone_only['at_p10_in_subcat']:.3f}")
+        print(line, flush=True)
+
+
+def flip_check(args: argparse.Namespace) -> None:
+    """A bundle's classifier accuracy on the holdout, plain and averaged with the mirrored photo."""
+    manifest, _, scorer = options.load_bundle(Path(args.flip_check))
+    items = options.load_items(Path(args.source_dir))
+    q = items.holdout
+    pixels = options.decode_all([c for c, h in zip(items.contents, q) if h], manifest.image_size).astype(np.float32)
+    plain = scorer.predict(pixels, batch_size=32, verbose=0)["probabilities"]
+    mirrored = scorer.predict(pixels[:, :, ::-1], batch_size=32, verbose=0)["probabilities"]
+    classes, truth = np.array(manifest.classes), items.sub_category[q]
+    learnt = np.isin(truth, classes)
+    for name, probabilities in (("plain", plain), ("flip-averaged", (plain + mirrored) / 2)):
+        predicted = classes[probabilities.argmax(axis=1)]
+        print(f"{name}: accuracy {np.mean(predicted == truth):.4f} over {q.sum()} queries, "
+              f"{np.mean(predicted[learnt] == truth[learnt]):.4f} over the {learnt.sum()} of learnt subCategories")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the recipe, or the flip check with ``--flip-check``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source-dir", default="../shared/data/fashion-products")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--from-block", type=int, default=6, help="first trained Lite0 block")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4, help="start of the cosine decay")
+    parser.add_argument("--evaluate-at", default="4,6,8", help="epochs after which the holdout is measured")
+    parser.add_argument("--flip-check", default=None, help="a bundle folder: compare flip-averaged classification instead")
+    args = parser.parse_args(argv)
+    flip_check(args) if args.flip_check else recipe(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
