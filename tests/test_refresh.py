@@ -9,6 +9,7 @@ and roll back.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 
 import pytest
@@ -17,7 +18,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from lookalike.alternatives import DisplayRules, display_lookalikes
+from lookalike.config import load_config
 from lookalike.demo_catalog import write_catalog_csv
+from lookalike.neighbours import similar_items
 from lookalike.publish import (
     DELETE_FLAG,
     PUBLISHED_TABLES,
@@ -30,7 +34,10 @@ from lookalike.publish import (
 )
 from lookalike.refresh import AccountingError, RunConflict, account_for_rows, claim_run, refresh, rollback
 from lookalike.tables import table_path
-from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, SIMILAR_ITEMS
+from refresh_history import REPO
+from schemas import (
+    ALL_TABLES, CATALOG, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, EMBEDDINGS, SIMILAR_ITEMS,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +57,8 @@ def versions(spark, config) -> dict[str, int]:
 def test_every_kind_of_change_is_present(history):
     """The night-2 catalog holds each kind of change (else the comparisons below prove less)."""
     assert {kind: len(ids) for kind, ids in history.affected.items()} == {
-        "price_same_band": 2, "price_new_band": 2, "new_category": 2, "new_photo": 2, "new_item": 2, "deleted": 2,
+        "price_same_band": 2, "price_new_band": 2, "new_category": 2, "new_photo": 2, "stock_change": 2, "new_item": 2,
+        "deleted": 2,
     }
     assert history.night2.ingest.photos_read == 4  # two new photos, two new items; the rest carried over
     assert history.night2.embed.photos_scored == 4
@@ -111,6 +119,22 @@ def test_only_affected_lists_are_recomputed(spark, history):
     assert {r["item_id"] for r in feed.select("item_id").distinct().collect()} == changed_lists
 
 
+@pytest.mark.parametrize("table", [CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES], ids=lambda t: t.name)
+def test_derived_lists_are_recomputed_only_where_a_change_reaches(spark, history, table):
+    """Night-2 recomputes the derived lists a change can reach, not all; the others keep night-1's rows."""
+    before = published_table(spark, history.incremental, table, history.night1.publication)
+    after = published_table(spark, history.incremental, table, history.night2.publication)
+    changed_rows = without_lineage(after).exceptAll(without_lineage(before)).unionByName(
+        without_lineage(before).exceptAll(without_lineage(after))
+    )
+    changed_lists = {r["item_id"] for r in changed_rows.select("item_id").distinct().collect()} - set(history.affected["deleted"])
+    recomputed = int(history.night2.figures[f"{table.name}_lists_recomputed"])
+    assert changed_lists and len(changed_lists) <= recomputed < after.select("item_id").distinct().count()
+    untouched = after.where(F.col("run_id") == "night-1")
+    kept = before.join(untouched.select("item_id").distinct(), "item_id", "left_semi").select(*table.column_names)
+    assertDataFrameEqual(untouched, kept)
+
+
 def test_deleted_items_vanish_everywhere(spark, history):
     """A deleted item has no catalog row, no embedding, no list, and is in no one's list."""
     deleted = history.affected["deleted"]
@@ -164,6 +188,36 @@ def test_rerun_with_different_input_is_refused(spark, history):
     with pytest.raises(RunConflict, match="different input"):
         refresh(spark, history.incremental, catalog_path=str(history.base_csv), run_id="night-2")
     assert versions(spark, history.incremental) == before
+
+
+def test_other_list_settings_recompute_those_lists_whole(spark, history, tmp_path):
+    """A run under other list settings recomputes those lists whole, though no item changed: they equal lists computed from scratch.
+
+    (Incrementally, with nothing changed, no list would be touched and they would keep 20 rows, or 10.)
+    """
+    copy = tmp_path / "store"
+    shutil.copytree(history.full["storage"]["root"], copy)  # before any test below changes the full store
+    config = load_config(
+        "test", [f"storage.root={copy}", f"catalog.image_root={history.photos}", "storage.database=new_settings",
+                 "index.k=5", "display.k=3"],
+        conf_dir=REPO / "conf",
+    )
+    result = refresh(spark, config, catalog_path=str(history.changed_csv), run_id="new-settings")
+    assert result.figures["photos_scored"] == 0 and result.figures["embeddings_updated"] == 0
+    assert "display_lookalikes_lists_recomputed" not in result.figures  # computed whole, not incrementally
+    embeddings = published_table(spark, config, EMBEDDINGS, result.publication)
+    catalog = published_table(spark, config, CATALOG, result.publication)
+    expected_lists = similar_items(embeddings, k=5, block_rows=int(config["index"]["block_rows"]), run_id="x")
+    assertDataFrameEqual(
+        without_lineage(published_table(spark, config, SIMILAR_ITEMS, result.publication)), without_lineage(expected_lists)
+    )
+    expected_display = display_lookalikes(
+        embeddings, catalog, rules=DisplayRules.from_config(config["display"]), block_rows=64, run_id="x", catalog_version=0
+    )
+    assertDataFrameEqual(
+        without_lineage(published_table(spark, config, DISPLAY_LOOKALIKES, result.publication)),
+        without_lineage(expected_display), atol=1e-6,
+    )
 
 
 def snapshot_signature(spark, config) -> tuple[str | None, int, int]:

@@ -2,9 +2,11 @@
 lists a product page shows (the shop's rules applied, filled to k), and items whose photo the
 classifier puts in another category than the catalog does.
 
-Each run recomputes them whole from the run's embeddings (exact search, like the index) and
-publishes them with one MERGE per table that writes only the rows that changed, so their change
-feed holds real changes only.
+A first build computes them whole (exact search, like the index). A refresh given an
+``Increment`` recomputes only the lists a changed item can affect: the lists of changed items,
+every list holding a changed or deleted item, and every list a changed item now enters (its
+ranking key reaches the list's last key, or the list was short). Only those that differ are
+merged, so the change feed holds real changes only, and the tables equal a full rebuild's.
 """
 
 from __future__ import annotations
@@ -15,14 +17,61 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.neighbours import best_per_row, bounded_block_rows, top_k_allowed
+from lookalike.neighbours import best_per_row, bounded_block_rows, changed_list_rows, top_k_allowed
+from lookalike.scoring import DELETE_FLAG
 from lookalike.tables import conform
 from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS, TableSchema
 
 log = logging.getLogger(__name__)
+
+# Per-item columns an incremental run adds to the rows the list functions read.
+CHANGED = "_changed"                  # the item changed tonight: it may enter lists it was not in
+MUST_RECOMPUTE = "_must"              # its list is recomputed: the item changed, or its list holds a changed item
+PREVIOUS_LENGTH = "_previous_length"  # rows of its published list
+LAST_KEY = "_last_key"                # ranking key of the last row of its published list
+# Published scores are float32: a changed item whose key is this close below a list's last key
+# is treated as entering it (a recompute too many, never one too few).
+KEY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What an incremental run recomputes the derived tables from.
+
+    Parameters
+    ----------
+    changed : DataFrame
+        ``item_id`` of every item whose embeddings row or catalog row changed since the
+        published run, deleted items included.
+    previous : Mapping[str, DataFrame]
+        The published content of every derived table, by table name.
+    """
+
+    changed: DataFrame
+    previous: Mapping[str, DataFrame]
+
+
+@dataclass(frozen=True)
+class DerivedRows:
+    """A derived table's rows for this run.
+
+    ``incremental`` false: ``rows`` is the table's whole content. True: ``rows`` holds only what
+    changes, with the ``_delete`` column (true: remove the row), for ``publish.apply_changes``.
+    """
+
+    table: TableSchema
+    rows: DataFrame
+    incremental: bool
+    lists_recomputed: int | None = None
+    cached: DataFrame | None = None
+
+    def release(self) -> None:
+        """Drop the cached recomputed lists (once ``rows`` are merged)."""
+        if self.cached is not None:
+            self.cached.unpersist()
 
 
 def _ranks(query_rows: np.ndarray) -> np.ndarray:
@@ -50,22 +99,82 @@ def _buyable(group: pd.DataFrame, in_stock_only: bool) -> np.ndarray:
     return ~group["in_stock"].eq(False).to_numpy() if in_stock_only else np.ones(len(group), dtype=bool)
 
 
+def _best_keys(
+    rows: np.ndarray, entrants: np.ndarray, key: Callable[[np.ndarray, np.ndarray], np.ndarray], block_rows: int
+) -> np.ndarray:
+    """For each query row, the best ranking key among the entrant candidates it may list (-inf if none)."""
+    best = np.full(len(rows), -np.inf)
+    if len(entrants) == 0:
+        return best
+    step = bounded_block_rows(block_rows, len(entrants))
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
+        best[start : start + len(block)] = key(block, entrants).max(axis=1)
+    return best
+
+
+def _wanted_rows(group: pd.DataFrame, k: int, best_entrant_keys: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Rows of a group whose list is (re)computed.
+
+    Every row without the incremental columns. With them: the rows that must, plus each row a
+    changed item may now enter: its best allowed entrant reaches the row's previous last key,
+    or the previous list was shorter than ``k`` (the list of an item that never had one counts
+    as empty). A row none of whose candidates changed and that no changed item enters keeps its
+    list: removing candidates it did not list, or adding ones that rank below its last, changes nothing.
+    """
+    n = len(group)
+    if MUST_RECOMPUTE not in group:
+        return np.arange(n)
+    wanted = group[MUST_RECOMPUTE].eq(True).to_numpy()
+    rest = np.flatnonzero(~wanted)
+    best = best_entrant_keys(rest)
+    length = group[PREVIOUS_LENGTH].fillna(0).to_numpy()[rest]
+    last = group[LAST_KEY].to_numpy(dtype=np.float64, na_value=np.inf)[rest]
+    enters = np.isfinite(best) & ((length < k) | (best >= last - KEY_TOLERANCE))
+    wanted[rest[enters]] = True
+    return np.flatnonzero(wanted)
+
+
+def _entrants(group: pd.DataFrame) -> np.ndarray:
+    """Rows of a group whose item changed tonight (none without the incremental columns: every list is computed)."""
+    return np.flatnonzero(group[CHANGED].eq(True).to_numpy()) if CHANGED in group else np.zeros(0, dtype=np.int64)
+
+
+def _empty(table: TableSchema) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series([], dtype=object) for name in table.column_names})
+
+
+def _untouched(group: pd.DataFrame) -> bool:
+    """An incremental group with no changed item and no list to recompute: nothing to do."""
+    return MUST_RECOMPUTE in group and not (group[MUST_RECOMPUTE].eq(True).any() or group[CHANGED].eq(True).any())
+
+
 def _cheaper_lists(
     k: int, in_stock_only: bool, max_discount_pct: float, block_rows: int, run_id: str, catalog_version: int
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Per category: each item's top-k among the items of the category priced below it (at most ``max_discount_pct`` below, if > 0)."""
     def cheaper(group: pd.DataFrame) -> pd.DataFrame:
+        if _untouched(group):
+            return _empty(CHEAPER_ALTERNATIVES)
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
-        vectors = np.stack(group["embedding"].to_numpy())
+        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
         price = group["price"].to_numpy(dtype=np.float64)
         buyable = _buyable(group, in_stock_only)
         floor = price * (1.0 - max_discount_pct / 100.0) if max_discount_pct > 0 else np.full(len(group), -np.inf)
 
-        def allowed(rows: slice) -> np.ndarray:
-            candidate = price[None, :]
-            return (candidate < price[rows, None]) & (candidate >= floor[rows, None]) & buyable[None, :]
+        def allowed(rows: np.ndarray, cols: Any = slice(None)) -> np.ndarray:
+            candidate = price[None, cols]
+            return (candidate < price[rows, None]) & (candidate >= floor[rows, None]) & buyable[None, cols]
 
-        queries, found, scores = top_k_allowed(vectors, vectors, k, allowed, block_rows=block_rows)
+        def key(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return np.where(allowed(rows, cols), vectors[rows] @ vectors[cols].T, -np.inf)
+
+        entrants = _entrants(group)
+        wanted = _wanted_rows(group, k, lambda rows: _best_keys(rows, entrants, key, block_rows))
+        queries, found, scores = top_k_allowed(
+            vectors[wanted], vectors, k, lambda block: allowed(wanted[block]), block_rows=block_rows
+        )
+        queries = wanted[queries]
         return pd.DataFrame(
             {
                 "category": group["category"].to_numpy()[queries],
@@ -88,16 +197,23 @@ def _cross_category_lists(
     """Per category: each item's top-k among every item of the other categories (``candidates`` is broadcast)."""
     def cross(group: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
-        ids, categories, prices, vectors = candidates.value
+        ids, categories, prices, vectors, changed = candidates.value
         category = group["category"].iloc[0]
         other = categories != category
+        queries_vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
 
-        def allowed(rows: slice) -> np.ndarray:
-            return np.broadcast_to(other, (rows.stop - rows.start, len(other)))
+        def allowed(rows: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(other, (len(rows), len(other)))
 
+        def key(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return np.where(other[None, cols], queries_vectors[rows] @ vectors[cols].T.astype(np.float64), -np.inf)
+
+        entrants = np.flatnonzero(changed)
+        wanted = _wanted_rows(group, k, lambda rows: _best_keys(rows, entrants, key, block_rows))
         queries, found, scores = top_k_allowed(
-            np.stack(group["embedding"].to_numpy()), vectors, k, allowed, block_rows=block_rows
+            queries_vectors[wanted], vectors, k, lambda block: allowed(wanted[block]), block_rows=block_rows
         )
+        queries = wanted[queries]
         return pd.DataFrame(
             {
                 "category": category,
@@ -115,7 +231,7 @@ def _cross_category_lists(
 
 def cheaper_alternatives(
     state: DataFrame, catalog: DataFrame, *, k: int, in_stock_only: bool, block_rows: int, run_id: str,
-    catalog_version: int, max_discount_pct: float = 0.0,
+    catalog_version: int, max_discount_pct: float = 0.0, increment: Increment | None = None,
 ) -> DataFrame:
     """For every item, the ``k`` most similar items of its category that cost less, computed per category in parallel.
 
@@ -138,6 +254,8 @@ def cheaper_alternatives(
     max_discount_pct : float
         Relative-price mode when above 0: only alternatives priced at least ``price x (1 - pct / 100)``,
         i.e. within ``-pct`` % of the item's price; 0 lists any lower price.
+    increment : Increment, optional
+        Compute only the lists tonight's changes can affect (see the module docstring); default all.
 
     Returns
     -------
@@ -149,6 +267,8 @@ def cheaper_alternatives(
     rows = state.select("category", "item_id", "embedding", "price", "price_band", "model_version").join(
         catalog.select("item_id", "in_stock"), "item_id", "left"
     )
+    if increment is not None:
+        rows = _with_increment(rows, increment, CHEAPER_ALTERNATIVES, neighbour="alternative_id", last_key=F.col("score"))
     schema = CHEAPER_ALTERNATIVES.spark_schema
     lists = rows.groupBy("category").applyInPandas(
         _cheaper_lists(k, in_stock_only, max_discount_pct, block_rows, run_id, catalog_version), schema
@@ -157,7 +277,8 @@ def cheaper_alternatives(
 
 
 def cross_category_items(
-    spark: SparkSession, state: DataFrame, *, k: int, block_rows: int, run_id: str, catalog_version: int
+    spark: SparkSession, state: DataFrame, *, k: int, block_rows: int, run_id: str, catalog_version: int,
+    increment: Increment | None = None,
 ) -> DataFrame:
     """For every item, the ``k`` most similar items of the other categories.
 
@@ -175,23 +296,53 @@ def cross_category_items(
         Recorded on every row.
     catalog_version : int
         Recorded on every row.
+    increment : Increment, optional
+        Compute only the lists tonight's changes can affect (see the module docstring); default all.
 
     Returns
     -------
     DataFrame
         In the ``cross_category_items`` schema.
     """
-    columns = state.select("item_id", "category", "price", "embedding").orderBy("item_id").toPandas()
+    rows = state.select("category", "item_id", "embedding", "model_version", "price")
+    if increment is not None:
+        rows = _with_increment(rows, increment, CROSS_CATEGORY_ITEMS, neighbour="neighbour_id", last_key=F.col("score"))
+    changed = F.coalesce(F.col(CHANGED), F.lit(False)) if increment is not None else F.lit(False)
+    columns = rows.select("item_id", "category", "price", "embedding", changed.alias(CHANGED)).orderBy("item_id").toPandas()
     vectors = (
         np.stack(columns["embedding"].to_numpy()).astype(np.float32) if len(columns) else np.zeros((0, 0), np.float32)
     )
-    candidates = spark.sparkContext.broadcast(
-        (columns["item_id"].to_numpy(), columns["category"].to_numpy(), columns["price"].to_numpy(np.float64), vectors)
-    )
-    lists = state.select("category", "item_id", "embedding", "model_version").groupBy("category").applyInPandas(
+    candidates = spark.sparkContext.broadcast((
+        columns["item_id"].to_numpy(), columns["category"].to_numpy(), columns["price"].to_numpy(np.float64),
+        vectors, columns[CHANGED].to_numpy(dtype=bool),
+    ))
+    lists = rows.drop("price").groupBy("category").applyInPandas(
         _cross_category_lists(k, candidates, block_rows, run_id, catalog_version), CROSS_CATEGORY_ITEMS.spark_schema
     )
     return conform(lists, CROSS_CATEGORY_ITEMS)
+
+
+def _with_increment(
+    rows: DataFrame, increment: Increment, table: TableSchema, *, neighbour: str, last_key: Column
+) -> DataFrame:
+    """``rows`` with the incremental columns for ``table``'s lists.
+
+    ``_changed``: the item changed. ``_must``: it changed, or its published list holds an item that
+    changed (or was deleted). ``_previous_length`` and ``_last_key``: its published list's length
+    and the ranking key (``last_key``, over the published rows) of its last row.
+    """
+    previous = increment.previous[table.name]
+    changed = increment.changed.select("item_id").distinct()
+    holding = previous.join(changed.withColumnRenamed("item_id", neighbour), neighbour, "left_semi").select("item_id")
+    must = changed.unionByName(holding).distinct().withColumn(MUST_RECOMPUTE, F.lit(True))
+    last = previous.groupBy("item_id").agg(
+        F.count("*").alias(PREVIOUS_LENGTH), F.max_by(last_key, "rank").cast("double").alias(LAST_KEY)
+    )
+    return (
+        rows.join(changed.withColumn(CHANGED, F.lit(True)), "item_id", "left")
+        .join(must, "item_id", "left")
+        .join(last, "item_id", "left")
+    )
 
 
 # fill_source of each tier (0 = the item's own partition), by display.price_window.
@@ -260,12 +411,12 @@ class DisplayRules:
         )
 
 
-def _tiers(price: np.ndarray, band: np.ndarray, rules: DisplayRules, rows: slice) -> np.ndarray:
-    """``(rows, n)`` tier of every candidate for each query row: 0 own partition, 1 next to it, 2 rest of the category."""
+def _tiers(price: np.ndarray, band: np.ndarray, rules: DisplayRules, rows: np.ndarray, cols: Any = slice(None)) -> np.ndarray:
+    """``(rows, cols)`` tier of each candidate for each query row: 0 own partition, 1 next to it, 2 rest of the category."""
     if rules.price_window == "band":
-        return np.minimum(np.abs(band[None, :] - band[rows, None]), 2).astype(np.int8)
+        return np.minimum(np.abs(band[None, cols] - band[rows, None]), 2).astype(np.int8)
     window = price[rows, None] * (rules.relative_price_pct / 100.0)
-    distance = np.abs(price[None, :] - price[rows, None])
+    distance = np.abs(price[None, cols] - price[rows, None])
     return np.where(distance <= window, 0, np.where(distance <= 2 * window, 1, 2)).astype(np.int8)
 
 
@@ -303,6 +454,8 @@ def _display_lists(
     pool = 4 * rules.k + 16
 
     def display(group: pd.DataFrame) -> pd.DataFrame:
+        if _untouched(group):
+            return _empty(DISPLAY_LOOKALIKES)
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
         n = len(group)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
@@ -311,27 +464,36 @@ def _display_lists(
         hashes = group["image_hash"].to_numpy()
         brands = np.array([b.strip() or None if isinstance(b, str) else None for b in group["brand"]], dtype=object)
         buyable = _buyable(group, rules.exclude_out_of_stock)
+
+        def entry_key(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            # The walk's key, with only the rules that do not depend on the list (a superset of who may enter).
+            tier = _tiers(price, band, rules, rows, cols)
+            allowed = (tier <= last_tier) & buyable[None, cols] & (cols[None, :] != rows[:, None])
+            return np.where(allowed, vectors[rows] @ vectors[cols].T - _TIER_GAP * tier, -np.inf)
+
+        entrants = _entrants(group)
+        wanted = _wanted_rows(group, rules.k, lambda rows: _best_keys(rows, entrants, entry_key, block_rows))
         queries, found, tiers = [], [], []
         step = bounded_block_rows(block_rows, n)
-        for start in range(0, n, step):
-            block = slice(start, min(start + step, n))
+        for start in range(0, len(wanted), step):
+            block = wanted[start : start + step]
             sims = vectors[block] @ vectors.T
             tier = _tiers(price, band, rules, block)
             allowed = (
                 (tier <= last_tier) & buyable[None, :] & (hashes[None, :] != hashes[block, None])
                 & (sims < rules.duplicate_score)
             )
-            allowed[np.arange(block.stop - block.start), np.arange(block.start, block.stop)] = False
+            allowed[np.arange(len(block)), block] = False
             key = np.where(allowed, sims - _TIER_GAP * tier, -np.inf)
             head, head_keys = best_per_row(key, min(pool, n))
-            for r in range(block.stop - block.start):
+            for r in range(len(block)):
                 order = head[r][np.isfinite(head_keys[r])]
                 chosen = _pick(order, vectors, hashes, brands, rules)
                 if len(chosen) < rules.k and len(order) == pool:
                     # The pool ran out before the list was full: walk the whole category (same order).
                     full = np.argsort(-key[r], kind="stable")
                     chosen = _pick(full[np.isfinite(key[r][full])], vectors, hashes, brands, rules)
-                queries += [start + r] * len(chosen)
+                queries += [int(block[r])] * len(chosen)
                 found += chosen
                 tiers += tier[r, chosen].tolist()
         query_rows, found_rows = np.array(queries, dtype=np.int64), np.array(found, dtype=np.int64)
@@ -355,7 +517,8 @@ def _display_lists(
 
 
 def display_lookalikes(
-    state: DataFrame, catalog: DataFrame, *, rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int
+    state: DataFrame, catalog: DataFrame, *, rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int,
+    increment: Increment | None = None,
 ) -> DataFrame:
     """For every item, the look-alikes a product page shows: the shop's rules applied, filled to ``k``.
 
@@ -379,6 +542,8 @@ def display_lookalikes(
         Query rows per BLAS block.
     run_id, catalog_version
         Recorded on every row.
+    increment : Increment, optional
+        Compute only the lists tonight's changes can affect (see the module docstring); default all.
 
     Returns
     -------
@@ -388,6 +553,12 @@ def display_lookalikes(
     rows = state.select(
         "category", "item_id", "embedding", "price", "price_band", "image_hash", "model_version"
     ).join(catalog.select("item_id", "brand", "in_stock"), "item_id", "left")
+    if increment is not None:
+        names = _TIER_NAMES[rules.price_window]
+        tier = F.when(F.col("fill_source") == names[0], 0).when(F.col("fill_source") == names[1], 1).otherwise(2)
+        rows = _with_increment(
+            rows, increment, DISPLAY_LOOKALIKES, neighbour="neighbour_id", last_key=F.col("score") - _TIER_GAP * tier
+        )
     lists = rows.groupBy("category").applyInPandas(
         _display_lists(rules, block_rows, run_id, catalog_version), DISPLAY_LOOKALIKES.spark_schema
     )
@@ -411,6 +582,26 @@ def misclassified_items(state: DataFrame, *, classes: Sequence[str], run_id: str
     return conform(rows, MISCLASSIFIED_ITEMS)
 
 
+def misclassified_changes(
+    state: DataFrame, *, classes: Sequence[str], run_id: str, catalog_version: int, increment: Increment
+) -> DataFrame:
+    """The ``misclassified_items`` rows of the changed items that differ from the published ones, and deletions.
+
+    Returns
+    -------
+    DataFrame
+        The table's columns plus ``_delete`` (true: the item is no longer listed).
+    """
+    previous = increment.previous[MISCLASSIFIED_ITEMS.name]
+    changed = increment.changed.select("item_id").distinct()
+    new = misclassified_items(state.join(changed, "item_id", "left_semi"), classes=classes, run_id=run_id,
+                              catalog_version=catalog_version)
+    content = [c for c in MISCLASSIFIED_ITEMS.column_names if c not in ("run_id", "catalog_version")]
+    upserts = new.join(previous.select(*content), content, "left_anti").withColumn(DELETE_FLAG, F.lit(False))
+    gone = previous.join(changed, "item_id", "left_semi").join(new.select("item_id"), "item_id", "left_anti")
+    return upserts.unionByName(gone.withColumn(DELETE_FLAG, F.lit(True)))
+
+
 def derived_tables(
     spark: SparkSession,
     config: Mapping[str, Any],
@@ -420,35 +611,61 @@ def derived_tables(
     classes: Sequence[str],
     run_id: str,
     catalog_version: int,
-) -> list[tuple[TableSchema, DataFrame]]:
+    increment: Increment | None = None,
+) -> list[DerivedRows]:
     """Every derived table of a run, from its embeddings and catalog.
+
+    Parameters
+    ----------
+    increment : Increment, optional
+        Tonight's changed items and the published tables: compute only the lists they can
+        affect. Default: every list, whole.
 
     Returns
     -------
-    list of (TableSchema, DataFrame)
-        Each table and its full content for this run.
+    list of DerivedRows
+        Each table's whole content (no ``increment``), or the rows that change (with ``increment``).
+        With ``increment``, the recomputed lists are cached: call ``DerivedRows.release()`` once
+        they are merged.
     """
     settings = config["alternatives"]
     block_rows = int(config["index"]["block_rows"])
-    return [
+    lists = [
         (CHEAPER_ALTERNATIVES, cheaper_alternatives(
             state, catalog, k=int(settings["cheaper_k"]), in_stock_only=bool(settings["cheaper_in_stock_only"]),
             max_discount_pct=float(settings["cheaper_max_discount_pct"]), block_rows=block_rows, run_id=run_id,
-            catalog_version=catalog_version,
+            catalog_version=catalog_version, increment=increment,
         )),
         (CROSS_CATEGORY_ITEMS, cross_category_items(
             spark, state, k=int(settings["cross_category_k"]), block_rows=block_rows, run_id=run_id,
-            catalog_version=catalog_version,
+            catalog_version=catalog_version, increment=increment,
         )),
-        (MISCLASSIFIED_ITEMS, misclassified_items(state, classes=classes, run_id=run_id, catalog_version=catalog_version)),
         (DISPLAY_LOOKALIKES, display_lookalikes(
             state, catalog, rules=DisplayRules.from_config(config["display"]), block_rows=block_rows, run_id=run_id,
-            catalog_version=catalog_version,
+            catalog_version=catalog_version, increment=increment,
         )),
     ]
+    if increment is None:
+        misclassified = misclassified_items(state, classes=classes, run_id=run_id, catalog_version=catalog_version)
+        return [DerivedRows(table, rows, incremental=False) for table, rows in lists] + [
+            DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=False)
+        ]
+    out = []
+    replaced = increment.changed.select("item_id")
+    for table, rows in lists:
+        cached = rows.persist()
+        # Materialised once: the comparison reads the lists three times, and each reading stage
+        # would run the Python lists again before the cache is filled.
+        recomputed = int(cached.agg(F.countDistinct("item_id")).first()[0])
+        changes = changed_list_rows(cached, increment.previous[table.name], replaced=replaced, table=table)
+        out.append(DerivedRows(table, changes, incremental=True, lists_recomputed=recomputed, cached=cached))
+    out.append(DerivedRows(MISCLASSIFIED_ITEMS, misclassified_changes(
+        state, classes=classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
+    ), incremental=True))
+    return out
 
 
 __all__ = [
-    "DisplayRules", "cheaper_alternatives", "cross_category_items", "derived_tables", "display_lookalikes",
-    "misclassified_items",
+    "DerivedRows", "DisplayRules", "Increment", "cheaper_alternatives", "cross_category_items", "derived_tables",
+    "display_lookalikes", "misclassified_changes", "misclassified_items",
 ]

@@ -95,7 +95,9 @@ def build_demo_catalog(
     return len(ids)
 
 
-CHANGE_KINDS = ("price_same_band", "price_new_band", "new_category", "new_photo", "new_item", "deleted")
+CHANGE_KINDS = ("price_same_band", "price_new_band", "new_category", "new_photo", "stock_change", "new_item", "deleted")
+# Kinds that change an existing row in place (the others add or remove rows).
+_ROW_KINDS = CHANGE_KINDS[:5]
 CHANGED_AT = "2026-11-20T00:00:00Z"
 
 
@@ -105,8 +107,8 @@ def nightly_changes(
     """A deterministic night of catalog changes touching ``fraction`` of the items, in equal shares.
 
     Kinds: a small price change, a price tripled (likely a new price band), a new category, a new
-    photo, a new item, a deleted item. New photos and new items use ``spare_photos`` (image URIs
-    the catalog does not reference).
+    photo, the stock flag flipped, a new item, a deleted item. New photos and new items use
+    ``spare_photos`` (image URIs the catalog does not reference).
 
     Returns
     -------
@@ -118,7 +120,9 @@ def nightly_changes(
     if len(spare_photos) < 2 * per_kind:
         raise ValueError(f"{2 * per_kind} spare photos needed, {len(spare_photos)} given")
     order = rng.permutation(len(rows))
-    picked = [order[i * per_kind:(i + 1) * per_kind] for i in range(4)] + [[], order[4 * per_kind:5 * per_kind]]
+    in_place = len(_ROW_KINDS)
+    picked = [order[i * per_kind:(i + 1) * per_kind] for i in range(in_place)]
+    picked += [[], order[in_place * per_kind:(in_place + 1) * per_kind]]
     categories = sorted({r["category"] for r in rows if r["category"]})
     out = [dict(r) for r in rows]
     affected: dict[str, list[str]] = {kind: [] for kind in CHANGE_KINDS}
@@ -137,6 +141,8 @@ def nightly_changes(
                 row["category"] = others[int(rng.integers(len(others)))]
             elif kind == "new_photo":
                 row["image_uri"] = next(spare)
+            elif kind == "stock_change":
+                row["in_stock"] = "false" if row["in_stock"] == "true" else "true"
     for _ in range(per_kind):
         uri = next(spare)
         template = dict(out[int(rng.integers(len(out)))])

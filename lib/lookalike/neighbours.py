@@ -13,7 +13,7 @@ from pyspark.storagelevel import StorageLevel
 
 from lookalike.scoring import DELETE_FLAG, PREVIOUS_BAND, PREVIOUS_CATEGORY, VECTOR_CHANGED
 from lookalike.tables import conform
-from schemas import SIMILAR_ITEMS
+from schemas import SIMILAR_ITEMS, TableSchema
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def top_k_allowed(
     k : int
         Most neighbours per query; fewer when fewer candidates are allowed.
     allowed : callable
-        Given a slice of query rows, a boolean ``(rows, n)`` mask of the candidates each may list.
+        Given an index array of query rows, a boolean ``(rows, n)`` mask of the candidates each may list.
     block_rows : int
         Query rows per matrix product, so memory is ``block_rows x n`` (fewer rows for a large
         ``n``: see ``bounded_block_rows``).
@@ -176,12 +176,12 @@ def top_k_allowed(
     candidates = np.ascontiguousarray(candidates, dtype=np.float64)
     block_rows = bounded_block_rows(block_rows, n)
     for start in range(0, m, block_rows):
-        block = slice(start, min(start + block_rows, m))
+        block = np.arange(start, min(start + block_rows, m))
         sims = queries[block] @ candidates.T
         sims[~allowed(block)] = -np.inf
         index, scores = best_per_row(sims, kk)
         keep = np.isfinite(scores)  # a row with fewer than kk allowed candidates gets a shorter list
-        query_rows = np.broadcast_to(np.arange(block.start, block.stop)[:, None], index.shape)
+        query_rows = np.broadcast_to(block[:, None], index.shape)
         found.append((query_rows[keep], index[keep], scores[keep]))
     return tuple(np.concatenate(parts) for parts in zip(*found))  # type: ignore[return-value]
 
@@ -293,6 +293,7 @@ def stage_lists(
     run_id: str,
     catalog_version: int,
     staging_path: str,
+    full: bool = False,
 ) -> int:
     """Write the ``similar_items`` rows that change to ``staging_path``.
 
@@ -314,6 +315,8 @@ def stage_lists(
         Lineage written on recomputed rows.
     staging_path : str
         Delta folder written (overwritten) in one commit.
+    full : bool
+        Recompute every list (the published ones were computed under other list settings).
 
     Returns
     -------
@@ -345,6 +348,8 @@ def stage_lists(
         .join(entrants, "item_id", "left")
         .join(previous_lists, "item_id", "left")
     )
+    if full:
+        candidates, must = state, previous.select("item_id").distinct()
     lists = similar_items(
         candidates, k=k, block_rows=int(config["index"]["block_rows"]), run_id=run_id, catalog_version=catalog_version
     ).persist(StorageLevel.MEMORY_AND_DISK)
@@ -352,27 +357,51 @@ def stage_lists(
         # Computed once here: the staged write reads the lists four times, and before they are
         # cached each reading stage would run the Python top-k again.
         recomputed = lists.select("item_id").distinct().count()
-        # A list is staged whole, and only if it differs from its previous version, so every row of a
-        # list carries the lineage of the run that last changed it.
-        content = [c for c in SIMILAR_ITEMS.column_names if c not in ("item_id", "run_id", "catalog_version")]
-        new_content = _list_content(lists, content)
-        old_content = _list_content(previous.join(lists.select("item_id").distinct(), "item_id", "left_semi"), content)
-        changed = new_content.alias("n").join(old_content.alias("o"), "item_id", "left").where(
-            ~F.col("n.list").eqNullSafe(F.col("o.list"))
-        ).select("item_id")
-        # Old rows of recomputed or deleted items that no new row replaces.
         replaced = must.select("item_id").unionByName(changes.where(F.col(DELETE_FLAG)).select("item_id"))
-        stale = (
-            previous.join(replaced, "item_id", "left_semi")
-            .join(lists.select("item_id", "rank"), ["item_id", "rank"], "left_anti")
-            .withColumn(DELETE_FLAG, F.lit(True))
-        )
-        staged = lists.join(changed, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(False)).unionByName(stale)
+        staged = changed_list_rows(lists, previous, replaced=replaced, table=SIMILAR_ITEMS)
         staged.write.format("delta").mode("overwrite").save(staging_path)
     finally:
         lists.unpersist()
     log.info("index: %d lists recomputed (k=%d)", recomputed, k)
     return recomputed
+
+
+def changed_list_rows(lists: DataFrame, previous: DataFrame, *, replaced: DataFrame, table: TableSchema) -> DataFrame:
+    """The rows that make a published list table equal its new lists: changed lists whole, and deletions.
+
+    A recomputed list is kept whole, and only if it differs from its previous version (lineage
+    aside), so every row of a list carries the lineage of the run that last changed it. Old rows
+    of the ``replaced`` items (and of every item with a new list) that no new row overwrites are
+    kept with ``_delete`` true.
+
+    Parameters
+    ----------
+    lists : DataFrame
+        The recomputed lists, in ``table``'s schema (keyed by ``item_id`` and ``rank``); cache it
+        first, it is read three times.
+    previous : DataFrame
+        The published lists.
+    replaced : DataFrame
+        ``item_id`` of items whose old rows go unless overwritten: recomputed and deleted items.
+    table : TableSchema
+
+    Returns
+    -------
+    DataFrame
+        ``table``'s columns plus ``_delete``.
+    """
+    content = [c for c in table.column_names if c not in ("item_id", "run_id", "catalog_version")]
+    new_content = _list_content(lists, content)
+    old_content = _list_content(previous.join(lists.select("item_id").distinct(), "item_id", "left_semi"), content)
+    changed = new_content.alias("n").join(old_content.alias("o"), "item_id", "left").where(
+        ~F.col("n.list").eqNullSafe(F.col("o.list"))
+    ).select("item_id")
+    stale = (
+        previous.join(replaced.unionByName(lists.select("item_id")).distinct(), "item_id", "left_semi")
+        .join(lists.select("item_id", "rank"), ["item_id", "rank"], "left_anti")
+        .withColumn(DELETE_FLAG, F.lit(True))
+    )
+    return lists.join(changed, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(False)).unionByName(stale)
 
 
 def _list_content(lists: DataFrame, columns: list[str]) -> DataFrame:

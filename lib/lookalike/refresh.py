@@ -23,13 +23,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
-from lookalike.alternatives import derived_tables
+from lookalike.alternatives import Increment, derived_tables
 from lookalike.evaluation import record_list_quality
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
 from lookalike.publish import (
     DELETE_FLAG,
+    DERIVED_TABLES,
     LINEAGE_COLUMNS,
     PUBLISHED_TABLES,
     Publication,
@@ -109,7 +110,6 @@ def input_fingerprint(
         F.count("*").alias("n"),
         F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).cast("string").alias("h"),
     ).first()
-    index = config["index"]
     description = {
         "catalog": catalog_path,
         "catalog_files": sorted(f"{r['path']}:{r['sha']}" for r in files.collect()),
@@ -117,10 +117,8 @@ def input_fingerprint(
         "model": model,
         "image_root": str(config["catalog"]["image_root"]),
         "image_roots": allowed_image_roots(config),
-        "index": {key: index[key] for key in ("k", "price_bands", "price_band_edges", "quantile_bands") if key in index},
-        # The derived lists' settings: a retry under other rules would keep the lists committed under the first.
-        "alternatives": dict(config["alternatives"]),
-        "display": dict(config["display"]),
+        # The lists' settings: a retry under other rules would keep the lists committed under the first.
+        **list_settings(config),
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
@@ -193,6 +191,90 @@ def new_state(previous: DataFrame, changes: DataFrame) -> DataFrame:
     """The embeddings after applying staged changes to the previous ones."""
     kept = previous.join(changes.select("item_id"), "item_id", "left_anti")
     return kept.unionByName(conform(changes.where(~F.col(DELETE_FLAG)), EMBEDDINGS))
+
+
+_INDEX_SETTINGS = ("k", "price_bands", "price_band_edges", "quantile_bands")
+
+
+def list_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings the published lists are computed under, by config section (part of every run's fingerprint)."""
+    index = config["index"]
+    settings = {
+        "index": {key: index[key] for key in _INDEX_SETTINGS if key in index},
+        "alternatives": dict(config["alternatives"]),
+        "display": dict(config["display"]),
+    }
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def settings_changed(
+    spark: SparkSession, config: Mapping[str, Any], publication: Publication | None
+) -> list[str]:
+    """Sections of ``list_settings`` that differ from those the published run recorded (every section if unrecorded)."""
+    if publication is None:
+        return []
+    recorded = read_table(spark, config, REFRESH_RUNS).where(F.col("run_id") == publication.run_id).select(
+        "input_description"
+    ).first()
+    described = json.loads(recorded["input_description"]) if recorded is not None else {}
+    current = list_settings(config)
+    changed = [section for section, values in current.items() if described.get(section) != values]
+    if changed:
+        log.warning(
+            "list settings %s differ from those of the published run %s: those lists are recomputed whole (%s, now %s)",
+            changed, publication.run_id, {s: described.get(s) for s in changed}, {s: current[s] for s in changed},
+        )
+    return changed
+
+
+def derived_increment(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    *,
+    changes: DataFrame,
+    publication: Publication | None,
+    catalog_version: int,
+    settings_differ: bool = False,
+) -> Increment | None:
+    """What the derived tables are recomputed from tonight, or None to recompute them whole.
+
+    Whole: nothing published yet, a derived table missing from the publication, or
+    ``settings_differ`` (the published lists were computed under other rules). Else the changed
+    items are the embeddings changes plus every item whose ``catalog`` row changed since the
+    published catalog version (stock and brand are not in ``embeddings``), read from the catalog's
+    change feed.
+
+    Parameters
+    ----------
+    changes : DataFrame
+        The run's staged embeddings changes.
+    publication : Publication or None
+        The published run the refresh starts from.
+    catalog_version : int
+        The ``catalog`` version the run embedded.
+    settings_differ : bool
+        The ``alternatives`` or ``display`` settings differ from the published run's.
+
+    Returns
+    -------
+    Increment or None
+    """
+    if publication is None or settings_differ:
+        return None
+    missing = [t.name for t in DERIVED_TABLES if publication.version_of(t) is None]
+    if missing:
+        log.info("alternatives: %s not published yet: computed whole", ", ".join(missing))
+        return None
+    changed = changes.select("item_id")
+    if catalog_version > publication.catalog_version:
+        catalog_rows = (
+            spark.read.format("delta").option("readChangeFeed", "true")
+            .option("startingVersion", publication.catalog_version + 1).option("endingVersion", catalog_version)
+            .load(table_path(config, CATALOG)).select("item_id")
+        )
+        changed = changed.unionByName(catalog_rows)
+    previous = {t.name: published_table(spark, config, t, publication) for t in DERIVED_TABLES}
+    return Increment(changed=changed.distinct(), previous=previous)
 
 
 def account_for_rows(
@@ -353,6 +435,7 @@ def refresh(
     previous_embeddings = published_table(spark, config, EMBEDDINGS, publication)
     previous_lists = published_table(spark, config, SIMILAR_ITEMS, publication)
     staging = staging_path(config, run_id)
+    changed_settings = settings_changed(spark, config, publication)
     embedded = None
     with timer.stage("embed", unit="photos") as progress:
         changes = _staged(spark, f"{staging}/embeddings")
@@ -376,7 +459,7 @@ def refresh(
                 recomputed = stage_lists(
                     spark, config, state=state, changes=changes,
                     previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
-                    staging_path=f"{staging}/similar_items",
+                    staging_path=f"{staging}/similar_items", full="index" in changed_settings,
                 )
                 progress.done(recomputed)
                 lists = _staged(spark, f"{staging}/similar_items")
@@ -389,18 +472,32 @@ def refresh(
                 spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
                 published_items=published_items,
             )
-            derived_merges = {}
+            derived_merges: dict[str, dict[str, int]] = {}
+            increment = derived_increment(
+                spark, config, changes=changes, publication=publication, catalog_version=catalog_version,
+                settings_differ=bool({"alternatives", "display"} & set(changed_settings)),
+            )
             derived = derived_tables(
                 spark, config, state=state, catalog=read_table(spark, config, CATALOG, version=catalog_version),
-                classes=manifest.classes, run_id=run_id, catalog_version=catalog_version,
+                classes=manifest.classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
             )
-            # Recomputed whole and merged row by row: only rows that changed are written.
-            for table, rows in derived:
-                content = [c for c in table.column_names if c not in LINEAGE_COLUMNS]
-                derived_merges[table.name] = replace_rows(
-                    spark, config, table, rows, run_id=run_id, run_seq=run_seq,
-                    app_id=f"lookalike.publish.{table.name}", compare=content,
-                )
+            try:
+                for part in derived:
+                    if part.incremental:
+                        merged = apply_changes(spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq)
+                    else:
+                        # Computed whole and merged row by row: only rows that changed are written.
+                        content = [c for c in part.table.column_names if c not in LINEAGE_COLUMNS]
+                        merged = replace_rows(
+                            spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq,
+                            app_id=f"lookalike.publish.{part.table.name}", compare=content,
+                        )
+                    if part.lists_recomputed is not None:
+                        merged["lists_recomputed"] = part.lists_recomputed
+                    derived_merges[part.table.name] = merged
+            finally:
+                for part in derived:
+                    part.release()
             progress.done(published_items)
     finally:
         state.unpersist()
@@ -424,7 +521,9 @@ def refresh(
         if recomputed is not None:
             figures["lists_recomputed"] = recomputed
         for name, merged in derived_merges.items():
-            figures.update({f"{name}_rows_{kind}": n for kind, n in merged.items()})
+            figures.update({
+                f"{name}_{kind}" if kind == "lists_recomputed" else f"{name}_rows_{kind}": n for kind, n in merged.items()
+            })
         figures.update(accounting)
         figures.update(items_ingested=ingested.ingested, photos_read=ingested.photos_read,
                        catalog_rows_changed=ingested.changed, catalog_rows_deleted=ingested.deleted)

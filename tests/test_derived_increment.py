@@ -1,0 +1,189 @@
+"""Incremental derived lists: the rows an ``Increment`` stages, applied to last night's tables, give a full rebuild.
+
+Random small catalogs built to be hard: few distinct directions and prices (exact score and price
+ties), repeated photo hashes, few brands, some items out of stock. A night then changes items in
+every way the derived lists depend on (vector and photo, price and band, category, stock, brand,
+deletion, new items). The incremental rows, applied to night-1's lists with the same MERGE
+semantics as ``publish.apply_changes``, must equal night-2 computed whole, for every derived
+table and both display price windows. (On data this dense most lists are recomputed; the
+test below and tests/test_refresh.py check that untouched lists are not.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from lookalike.alternatives import Increment, derived_tables
+from lookalike.publish import PUBLISHED_KEYS
+from lookalike.scoring import DELETE_FLAG
+from schemas import DISPLAY_LOOKALIKES
+
+CATEGORIES = ("Bags", "Shoes", "Watches")
+DIRECTIONS = 9  # distinct embedding directions: many exact score ties
+PRICES = (40.0, 90.0, 90.0, 150.0, 300.0, 700.0)
+BAND_EDGES = (100.0, 500.0)
+STATE_SCHEMA = (
+    "item_id string, category string, given_category string, predicted_category string, confidence float, "
+    "embedding array<float>, price double, price_band int, image_hash string, model_version string"
+)
+
+
+def _band(price: float) -> int:
+    return int(np.searchsorted(BAND_EDGES, price, side="right"))
+
+
+def night_one(rng: np.random.Generator, n: int) -> dict[str, dict]:
+    directions = rng.normal(size=(DIRECTIONS, 4))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    items = {}
+    for i in range(n):
+        d = int(rng.integers(DIRECTIONS))
+        price = float(rng.choice(PRICES))
+        category = str(rng.choice(CATEGORIES))
+        items[f"i{i:03d}"] = {
+            "category": category, "given_category": category,
+            "predicted_category": category if rng.random() < 0.8 else str(rng.choice(CATEGORIES)),
+            "confidence": float(np.float32(rng.random())), "embedding": directions[d].astype(np.float32).tolist(),
+            "price": price, "price_band": _band(price), "image_hash": f"h{d}" if rng.random() < 0.2 else f"h-{i}",
+            "model_version": "m1", "brand": str(rng.choice(["Ace", "Bee", "Cee", ""])), "in_stock": bool(rng.random() < 0.85),
+        }
+    return items
+
+
+def night_two(rng: np.random.Generator, night1: dict[str, dict]) -> tuple[dict[str, dict], set[str]]:
+    """Night-1 with about 15 % of items changed in every way; returns the items and the changed ids."""
+    items = {key: dict(value) for key, value in night1.items()}
+    ids = list(items)
+    picked = rng.choice(len(ids), size=14, replace=False)
+    changed = set()
+    for position, kind in zip(picked, ["vector", "vector", "price", "price", "category", "category", "stock", "stock",
+                                       "brand", "brand", "delete", "delete", "price", "vector"]):
+        item_id = ids[position]
+        changed.add(item_id)
+        row = items[item_id]
+        if kind == "vector":
+            vector = rng.normal(size=4)
+            row["embedding"] = (vector / np.linalg.norm(vector)).astype(np.float32).tolist()
+            row["image_hash"] = f"new-{item_id}"
+        elif kind == "price":
+            row["price"] = float(rng.choice(PRICES)) * 1.5
+            row["price_band"] = _band(row["price"])
+        elif kind == "category":
+            row["category"] = row["given_category"] = next(c for c in CATEGORIES if c != row["category"])
+        elif kind == "stock":
+            row["in_stock"] = not row["in_stock"]
+        elif kind == "brand":
+            row["brand"] = "Dee"
+        else:
+            del items[item_id]
+    for i in range(3):
+        template = dict(night1[ids[int(rng.integers(len(ids)))]])
+        items[f"new{i}"] = template
+        changed.add(f"new{i}")
+    return items, changed
+
+
+def frames(spark, items: dict[str, dict]):
+    state = spark.createDataFrame(
+        [(item_id, *(row[c] for c in ("category", "given_category", "predicted_category", "confidence", "embedding",
+                                      "price", "price_band", "image_hash", "model_version")))
+         for item_id, row in sorted(items.items())],
+        STATE_SCHEMA,
+    )
+    catalog = spark.createDataFrame(
+        [(item_id, row["brand"], row["in_stock"]) for item_id, row in sorted(items.items())],
+        "item_id string, brand string, in_stock boolean",
+    )
+    return state, catalog
+
+
+def config_for(price_window: str) -> dict:
+    return {
+        "alternatives": {"cheaper_k": 4, "cheaper_in_stock_only": True, "cheaper_max_discount_pct": 0.0,
+                         "cross_category_k": 4},
+        "display": {"k": 4, "price_window": price_window, "relative_price_pct": 30.0, "exclude_out_of_stock": True,
+                    "duplicate_score": 0.99, "max_per_brand": 1, "fill": True},
+        "index": {"block_rows": 7},
+    }
+
+
+def whole(spark, config, items, run_id):
+    state, catalog = frames(spark, items)
+    parts = derived_tables(spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id=run_id,
+                           catalog_version=1)
+    return {part.table.name: (part.table, part.rows.toPandas()) for part in parts}
+
+
+def applied(previous, changes, key: tuple[str, ...]):
+    """``previous`` with ``changes`` merged the way ``publish.apply_changes`` merges them."""
+    rows = {tuple(r[c] for c in key): r for r in previous.to_dict("records")}
+    for change in changes.to_dict("records"):
+        at = tuple(change[c] for c in key)
+        if change.pop(DELETE_FLAG):
+            rows.pop(at, None)
+        else:
+            rows[at] = change
+    return list(rows.values())
+
+
+@pytest.mark.parametrize("seed, price_window", [(1, "band"), (2, "relative"), (3, "band")])
+def test_incremental_rows_applied_to_last_night_equal_a_full_rebuild(spark, seed, price_window):
+    rng = np.random.default_rng(seed)
+    night1 = night_one(rng, 90)
+    night2, changed = night_two(rng, night1)
+    config = config_for(price_window)
+    before = whole(spark, config, night1, "night-1")
+    after = whole(spark, config, night2, "night-2")
+
+    state, catalog = frames(spark, night2)
+    previous = {name: spark.createDataFrame(pdf, table.spark_schema) for name, (table, pdf) in before.items()}
+    increment = Increment(changed=spark.createDataFrame([(i,) for i in sorted(changed)], "item_id string"),
+                          previous=previous)
+    parts = derived_tables(spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id="night-2",
+                           catalog_version=1, increment=increment)
+    try:
+        for part in parts:
+            name = part.table.name
+            assert part.incremental
+            merged = applied(before[name][1], part.rows.toPandas(), PUBLISHED_KEYS[name])
+            result = spark.createDataFrame(merged, part.table.spark_schema) if merged else previous[name].limit(0)
+            expected = spark.createDataFrame(after[name][1], part.table.spark_schema)
+            assertDataFrameEqual(result.drop("run_id"), expected.drop("run_id"), atol=1e-6)
+    finally:
+        for part in parts:
+            part.release()
+
+
+def test_an_item_whose_stock_flips_leaves_and_reenters_display_lists(spark):
+    """Stock is not in ``embeddings``: only the catalog says it changed, and the lists must follow."""
+    rng = np.random.default_rng(5)
+    night1 = night_one(rng, 60)
+    config = config_for("band")
+    before = whole(spark, config, night1, "night-1")
+    shown = before[DISPLAY_LOOKALIKES.name][1]
+    item_id = shown["neighbour_id"].value_counts().index[0]  # the item shown on the most pages
+    night2 = {key: dict(value) for key, value in night1.items()}
+    night2[item_id]["in_stock"] = False
+    state, catalog = frames(spark, night2)
+    previous = {name: spark.createDataFrame(pdf, table.spark_schema) for name, (table, pdf) in before.items()}
+    increment = Increment(changed=spark.createDataFrame([(item_id,)], "item_id string"), previous=previous)
+    parts = {p.table.name: p for p in derived_tables(
+        spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id="night-2", catalog_version=1,
+        increment=increment,
+    )}
+    try:
+        display = parts[DISPLAY_LOOKALIKES.name]
+        merged = applied(shown, display.rows.toPandas(), PUBLISHED_KEYS[DISPLAY_LOOKALIKES.name])
+        assert item_id not in {row["neighbour_id"] for row in merged}
+        # The lists that showed it, and its own: no list it was not in can change.
+        assert display.lists_recomputed == shown.loc[shown["neighbour_id"] == item_id, "item_id"].nunique() + 1
+        rebuilt = whole(spark, config, night2, "night-2")[DISPLAY_LOOKALIKES.name][1]
+        assertDataFrameEqual(
+            spark.createDataFrame(merged, DISPLAY_LOOKALIKES.spark_schema).drop("run_id"),
+            spark.createDataFrame(rebuilt, DISPLAY_LOOKALIKES.spark_schema).drop("run_id"),
+        )
+    finally:
+        for part in parts.values():
+            part.release()
