@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 _STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*lookalike\.runs: stage (\w+): (started|[\d.]+ s)")
-_STAGES_PER_REFRESH = 5  # prepare, ingest, embed, index, publish
+_STAGES_PER_REFRESH = 6  # prepare, ingest, embed, index, alternatives, publish
 
 
 def stage_windows(log: Path) -> list[tuple[str, float, float]]:

@@ -174,6 +174,20 @@ def conform(df: DataFrame, table: TableSchema) -> DataFrame:
     return df.select([df[c.name].cast(c.data_type).alias(c.name) for c in table.columns])
 
 
+def registered_location(spark: SparkSession, database: str, table: str) -> str | None:
+    """Where the session catalog says ``database.table`` lives; None if it is not registered.
+
+    A metastore lookup (milliseconds): ``DESCRIBE DETAIL`` would load the Delta log of the
+    table, which is what made registering the tables after every run take seconds.
+    """
+    jvm = spark._jvm
+    identifier = jvm.org.apache.spark.sql.catalyst.TableIdentifier.apply(table, jvm.scala.Some(database))
+    catalog = spark._jsparkSession.sessionState().catalog()
+    if not catalog.tableExists(identifier):
+        return None
+    return str(catalog.getTableMetadata(identifier).location().toString())
+
+
 def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]:
     """Create every table if needed and register it in the configured Spark SQL database.
 
@@ -186,20 +200,21 @@ def register_tables(spark: SparkSession, config: Mapping[str, Any]) -> list[str]
 
     database = checked_identifier(config["storage"]["database"])
     spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    registered = {r["tableName"] for r in spark.sql(f"SHOW TABLES IN `{database}`").collect() if not r["isTemporary"]}
     names = []
     for table in ALL_TABLES:
         ensure_table(spark, config, table)
         # table_path is absolute, so the catalog entry does not depend on the working directory.
         name = qualified_name(config, table)
         path = table_path(config, table)
-        if table.name in registered:
-            location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
-            if hadoop_fs.qualified(spark, location) != hadoop_fs.qualified(spark, path):
-                # Registered from another storage.root: SQL would read that store. The entry points
-                # at a path (an external table), so dropping it leaves that store's files alone.
-                log.warning("%s was registered at %s: re-registering it at %s", name, location, path)
-                spark.sql(f"DROP TABLE {name}")
+        location = registered_location(spark, database, table.name)
+        if location is not None and hadoop_fs.qualified(spark, location) == hadoop_fs.qualified(spark, path):
+            names.append(name)
+            continue
+        if location is not None:
+            # Registered from another storage.root: SQL would read that store. The entry points
+            # at a path (an external table), so dropping it leaves that store's files alone.
+            log.warning("%s was registered at %s: re-registering it at %s", name, location, path)
+            spark.sql(f"DROP TABLE {name}")
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION {sql_string(path)}")
         names.append(name)
     log.info("registered %d tables in database %s", len(names), database)
