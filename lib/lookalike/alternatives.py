@@ -20,7 +20,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lookalike.neighbours import best_per_row, bounded_block_rows, changed_list_rows, top_k_allowed
+from lookalike.neighbours import best_per_row, bounded_block_rows, top_k_allowed
 from lookalike.scoring import DELETE_FLAG
 from lookalike.tables import conform
 from schemas import CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS, TableSchema
@@ -32,6 +32,9 @@ CHANGED = "_changed"                  # the item changed tonight: it may enter l
 MUST_RECOMPUTE = "_must"              # its list is recomputed: the item changed, or its list holds a changed item
 PREVIOUS_LENGTH = "_previous_length"  # rows of its published list
 LAST_KEY = "_last_key"                # ranking key of the last row of its published list
+PREVIOUS_LIST = "_previous_list"      # its published list rows (content columns, by rank)
+# Columns that say which run wrote a list row, not what the list is.
+_NOT_CONTENT = ("item_id", "run_id", "catalog_version")
 # Published scores are float32: a changed item whose key is this close below a list's last key
 # is treated as entering it (a recompute too many, never one too few).
 KEY_TOLERANCE = 1e-5
@@ -144,18 +147,74 @@ def _empty(table: TableSchema) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series([], dtype=object) for name in table.column_names})
 
 
+def _same_list(new: list[dict], old: list[dict], content: Sequence[str]) -> bool:
+    return len(new) == len(old) and all(all(n[c] == o[c] for c in content) for n, o in zip(new, old))
+
+
+def _list_changes(
+    group: pd.DataFrame, lists: pd.DataFrame, wanted: np.ndarray, table: TableSchema, run_id: str, catalog_version: int
+) -> pd.DataFrame:
+    """The rows that turn the published lists of the recomputed rows into their new lists.
+
+    A new list is kept whole, and only if it differs from the published one (lineage aside), so
+    every row of a list carries the lineage of the run that last changed it; published ranks past
+    the new list's end come back with ``_delete`` true.
+    """
+    content = [c for c in table.column_names if c not in _NOT_CONTENT]
+    ids = group["item_id"].to_numpy()
+    published = group[PREVIOUS_LIST].to_numpy()
+    new_lists = dict(tuple(lists.groupby("item_id", sort=False))) if len(lists) else {}
+    kept, stale = [], []
+    for row in wanted:
+        item_id = ids[row]
+        old = [] if published[row] is None else list(published[row])
+        new = new_lists.get(item_id)
+        records = [] if new is None else new[content].to_dict("records")
+        if _same_list(records, old, content):
+            continue
+        if new is not None:
+            kept.append(new)
+        stale += [{**gone, "item_id": item_id, "run_id": run_id, "catalog_version": catalog_version}
+                  for gone in old[len(records):]]
+    out = pd.concat(kept, ignore_index=True) if kept else _empty(table)
+    out[DELETE_FLAG] = False
+    if stale:
+        out = pd.concat([out, pd.DataFrame(stale).assign(**{DELETE_FLAG: True})[out.columns]], ignore_index=True)
+    return out
+
+
+def _finisher(
+    table: TableSchema, run_id: str, catalog_version: int, counter: Any
+) -> Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame]:
+    """What a list function returns for a group: every list (full runs), or only the changes (incremental runs)."""
+    def finish(group: pd.DataFrame, lists: pd.DataFrame, wanted: np.ndarray) -> pd.DataFrame:
+        if PREVIOUS_LIST not in group:
+            return lists
+        if counter is not None:
+            counter.add(len(wanted))
+        return _list_changes(group, lists, wanted, table, run_id, catalog_version)
+
+    return finish
+
+
+def _output_schema(table: TableSchema, incremental: bool) -> Any:
+    schema = table.spark_schema
+    return schema.add(DELETE_FLAG, "boolean", nullable=False) if incremental else schema
+
+
 def _untouched(group: pd.DataFrame) -> bool:
     """An incremental group with no changed item and no list to recompute: nothing to do."""
     return MUST_RECOMPUTE in group and not (group[MUST_RECOMPUTE].eq(True).any() or group[CHANGED].eq(True).any())
 
 
 def _cheaper_lists(
-    k: int, in_stock_only: bool, max_discount_pct: float, block_rows: int, run_id: str, catalog_version: int
+    k: int, in_stock_only: bool, max_discount_pct: float, block_rows: int, run_id: str, catalog_version: int,
+    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame],
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Per category: each item's top-k among the items of the category priced below it (at most ``max_discount_pct`` below, if > 0)."""
     def cheaper(group: pd.DataFrame) -> pd.DataFrame:
         if _untouched(group):
-            return _empty(CHEAPER_ALTERNATIVES)
+            return finish(group, _empty(CHEAPER_ALTERNATIVES), np.zeros(0, dtype=np.int64))
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
         price = group["price"].to_numpy(dtype=np.float64)
@@ -175,7 +234,7 @@ def _cheaper_lists(
             vectors[wanted], vectors, k, lambda block: allowed(wanted[block]), block_rows=block_rows
         )
         queries = wanted[queries]
-        return pd.DataFrame(
+        lists = pd.DataFrame(
             {
                 "category": group["category"].to_numpy()[queries],
                 "item_id": group["item_id"].to_numpy()[queries],
@@ -187,12 +246,14 @@ def _cheaper_lists(
                 **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
+        return finish(group, lists, wanted)
 
     return cheaper
 
 
 def _cross_category_lists(
-    k: int, candidates: Any, block_rows: int, run_id: str, catalog_version: int
+    k: int, candidates: Any, block_rows: int, run_id: str, catalog_version: int,
+    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame],
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Per category: each item's top-k among every item of the other categories (``candidates`` is broadcast)."""
     def cross(group: pd.DataFrame) -> pd.DataFrame:
@@ -214,7 +275,7 @@ def _cross_category_lists(
             queries_vectors[wanted], vectors, k, lambda block: allowed(wanted[block]), block_rows=block_rows
         )
         queries = wanted[queries]
-        return pd.DataFrame(
+        lists = pd.DataFrame(
             {
                 "category": category,
                 "item_id": group["item_id"].to_numpy()[queries],
@@ -225,13 +286,14 @@ def _cross_category_lists(
                 **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
+        return finish(group, lists, wanted)
 
     return cross
 
 
 def cheaper_alternatives(
     state: DataFrame, catalog: DataFrame, *, k: int, in_stock_only: bool, block_rows: int, run_id: str,
-    catalog_version: int, max_discount_pct: float = 0.0, increment: Increment | None = None,
+    catalog_version: int, max_discount_pct: float = 0.0, increment: Increment | None = None, recomputed: Any = None,
 ) -> DataFrame:
     """For every item, the ``k`` most similar items of its category that cost less, computed per category in parallel.
 
@@ -255,7 +317,10 @@ def cheaper_alternatives(
         Relative-price mode when above 0: only alternatives priced at least ``price x (1 - pct / 100)``,
         i.e. within ``-pct`` % of the item's price; 0 lists any lower price.
     increment : Increment, optional
-        Compute only the lists tonight's changes can affect (see the module docstring); default all.
+        Compute only the lists tonight's changes can affect (see the module docstring) and return
+        only what changes (``_delete`` column added); default every list.
+    recomputed : Accumulator, optional
+        Incremental runs add the number of lists they recompute (a figure: a retried task adds twice).
 
     Returns
     -------
@@ -269,16 +334,17 @@ def cheaper_alternatives(
     )
     if increment is not None:
         rows = _with_increment(rows, increment, CHEAPER_ALTERNATIVES, neighbour="alternative_id", last_key=F.col("score"))
-    schema = CHEAPER_ALTERNATIVES.spark_schema
+    finish = _finisher(CHEAPER_ALTERNATIVES, run_id, catalog_version, recomputed)
     lists = rows.groupBy("category").applyInPandas(
-        _cheaper_lists(k, in_stock_only, max_discount_pct, block_rows, run_id, catalog_version), schema
+        _cheaper_lists(k, in_stock_only, max_discount_pct, block_rows, run_id, catalog_version, finish),
+        _output_schema(CHEAPER_ALTERNATIVES, increment is not None),
     )
-    return conform(lists, CHEAPER_ALTERNATIVES)
+    return _conformed(lists, CHEAPER_ALTERNATIVES, increment is not None)
 
 
 def cross_category_items(
     spark: SparkSession, state: DataFrame, *, k: int, block_rows: int, run_id: str, catalog_version: int,
-    increment: Increment | None = None,
+    increment: Increment | None = None, recomputed: Any = None,
 ) -> DataFrame:
     """For every item, the ``k`` most similar items of the other categories.
 
@@ -297,7 +363,10 @@ def cross_category_items(
     catalog_version : int
         Recorded on every row.
     increment : Increment, optional
-        Compute only the lists tonight's changes can affect (see the module docstring); default all.
+        Compute only the lists tonight's changes can affect (see the module docstring) and return
+        only what changes (``_delete`` column added); default every list.
+    recomputed : Accumulator, optional
+        Incremental runs add the number of lists they recompute (a figure: a retried task adds twice).
 
     Returns
     -------
@@ -316,10 +385,19 @@ def cross_category_items(
         columns["item_id"].to_numpy(), columns["category"].to_numpy(), columns["price"].to_numpy(np.float64),
         vectors, columns[CHANGED].to_numpy(dtype=bool),
     ))
+    finish = _finisher(CROSS_CATEGORY_ITEMS, run_id, catalog_version, recomputed)
     lists = rows.drop("price").groupBy("category").applyInPandas(
-        _cross_category_lists(k, candidates, block_rows, run_id, catalog_version), CROSS_CATEGORY_ITEMS.spark_schema
+        _cross_category_lists(k, candidates, block_rows, run_id, catalog_version, finish),
+        _output_schema(CROSS_CATEGORY_ITEMS, increment is not None),
     )
-    return conform(lists, CROSS_CATEGORY_ITEMS)
+    return _conformed(lists, CROSS_CATEGORY_ITEMS, increment is not None)
+
+
+def _conformed(lists: DataFrame, table: TableSchema, incremental: bool) -> DataFrame:
+    """``lists`` cast to the table's schema, keeping ``_delete`` in incremental runs."""
+    if not incremental:
+        return conform(lists, table)
+    return lists.select(*[lists[c.name].cast(c.data_type).alias(c.name) for c in table.columns], DELETE_FLAG)
 
 
 def _with_increment(
@@ -330,13 +408,16 @@ def _with_increment(
     ``_changed``: the item changed. ``_must``: it changed, or its published list holds an item that
     changed (or was deleted). ``_previous_length`` and ``_last_key``: its published list's length
     and the ranking key (``last_key``, over the published rows) of its last row.
+    ``_previous_list``: the published list's rows (content columns, by rank), to compare with.
     """
     previous = increment.previous[table.name]
     changed = increment.changed.select("item_id").distinct()
     holding = previous.join(changed.withColumnRenamed("item_id", neighbour), neighbour, "left_semi").select("item_id")
     must = changed.unionByName(holding).distinct().withColumn(MUST_RECOMPUTE, F.lit(True))
+    content = [c for c in table.column_names if c not in _NOT_CONTENT]  # rank first: sorted by rank
     last = previous.groupBy("item_id").agg(
-        F.count("*").alias(PREVIOUS_LENGTH), F.max_by(last_key, "rank").cast("double").alias(LAST_KEY)
+        F.count("*").alias(PREVIOUS_LENGTH), F.max_by(last_key, "rank").cast("double").alias(LAST_KEY),
+        F.sort_array(F.collect_list(F.struct("rank", *[c for c in content if c != "rank"]))).alias(PREVIOUS_LIST),
     )
     return (
         rows.join(changed.withColumn(CHANGED, F.lit(True)), "item_id", "left")
@@ -445,7 +526,8 @@ def _pick(
 
 
 def _display_lists(
-    rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int
+    rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int,
+    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame],
 ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Per category: each item's look-alikes under the shop's rules, nearer tiers first."""
     names = np.array(_TIER_NAMES[rules.price_window])
@@ -455,7 +537,7 @@ def _display_lists(
 
     def display(group: pd.DataFrame) -> pd.DataFrame:
         if _untouched(group):
-            return _empty(DISPLAY_LOOKALIKES)
+            return finish(group, _empty(DISPLAY_LOOKALIKES), np.zeros(0, dtype=np.int64))
         group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
         n = len(group)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
@@ -498,7 +580,7 @@ def _display_lists(
                 tiers += tier[r, chosen].tolist()
         query_rows, found_rows = np.array(queries, dtype=np.int64), np.array(found, dtype=np.int64)
         scores = np.einsum("ij,ij->i", vectors[query_rows], vectors[found_rows]) if len(found_rows) else np.zeros(0)
-        return pd.DataFrame(
+        lists = pd.DataFrame(
             {
                 "category": group["category"].to_numpy()[query_rows],
                 "price_band": band[query_rows].astype(np.int32),
@@ -512,13 +594,14 @@ def _display_lists(
                 **_scored_lineage(group, query_rows, scores.astype(np.float32), run_id, catalog_version),
             }
         )
+        return finish(group, lists, wanted)
 
     return display
 
 
 def display_lookalikes(
     state: DataFrame, catalog: DataFrame, *, rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int,
-    increment: Increment | None = None,
+    increment: Increment | None = None, recomputed: Any = None,
 ) -> DataFrame:
     """For every item, the look-alikes a product page shows: the shop's rules applied, filled to ``k``.
 
@@ -543,7 +626,10 @@ def display_lookalikes(
     run_id, catalog_version
         Recorded on every row.
     increment : Increment, optional
-        Compute only the lists tonight's changes can affect (see the module docstring); default all.
+        Compute only the lists tonight's changes can affect (see the module docstring) and return
+        only what changes (``_delete`` column added); default every list.
+    recomputed : Accumulator, optional
+        Incremental runs add the number of lists they recompute (a figure: a retried task adds twice).
 
     Returns
     -------
@@ -559,10 +645,12 @@ def display_lookalikes(
         rows = _with_increment(
             rows, increment, DISPLAY_LOOKALIKES, neighbour="neighbour_id", last_key=F.col("score") - _TIER_GAP * tier
         )
+    finish = _finisher(DISPLAY_LOOKALIKES, run_id, catalog_version, recomputed)
     lists = rows.groupBy("category").applyInPandas(
-        _display_lists(rules, block_rows, run_id, catalog_version), DISPLAY_LOOKALIKES.spark_schema
+        _display_lists(rules, block_rows, run_id, catalog_version, finish),
+        _output_schema(DISPLAY_LOOKALIKES, increment is not None),
     )
-    return conform(lists, DISPLAY_LOOKALIKES)
+    return _conformed(lists, DISPLAY_LOOKALIKES, increment is not None)
 
 
 def misclassified_items(state: DataFrame, *, classes: Sequence[str], run_id: str, catalog_version: int) -> DataFrame:
@@ -630,19 +718,22 @@ def derived_tables(
     """
     settings = config["alternatives"]
     block_rows = int(config["index"]["block_rows"])
+    incremental = increment is not None
+    counters = {t.name: spark.sparkContext.accumulator(0) if incremental else None
+                for t in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES)}
     lists = [
         (CHEAPER_ALTERNATIVES, cheaper_alternatives(
             state, catalog, k=int(settings["cheaper_k"]), in_stock_only=bool(settings["cheaper_in_stock_only"]),
             max_discount_pct=float(settings["cheaper_max_discount_pct"]), block_rows=block_rows, run_id=run_id,
-            catalog_version=catalog_version, increment=increment,
+            catalog_version=catalog_version, increment=increment, recomputed=counters[CHEAPER_ALTERNATIVES.name],
         )),
         (CROSS_CATEGORY_ITEMS, cross_category_items(
             spark, state, k=int(settings["cross_category_k"]), block_rows=block_rows, run_id=run_id,
-            catalog_version=catalog_version, increment=increment,
+            catalog_version=catalog_version, increment=increment, recomputed=counters[CROSS_CATEGORY_ITEMS.name],
         )),
         (DISPLAY_LOOKALIKES, display_lookalikes(
             state, catalog, rules=DisplayRules.from_config(config["display"]), block_rows=block_rows, run_id=run_id,
-            catalog_version=catalog_version, increment=increment,
+            catalog_version=catalog_version, increment=increment, recomputed=counters[DISPLAY_LOOKALIKES.name],
         )),
     ]
     if increment is None:
@@ -651,17 +742,20 @@ def derived_tables(
             DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=False)
         ]
     out = []
-    replaced = increment.changed.select("item_id")
+    # Items gone from the catalog are in no group: their published lists are deleted here.
+    gone = increment.changed.select("item_id").join(state.select("item_id"), "item_id", "left_anti")
     for table, rows in lists:
-        cached = rows.persist()
-        # Materialised once: the comparison reads the lists three times, and each reading stage
-        # would run the Python lists again before the cache is filled.
-        recomputed = int(cached.agg(F.countDistinct("item_id")).first()[0])
-        changes = changed_list_rows(cached, increment.previous[table.name], replaced=replaced, table=table)
-        out.append(DerivedRows(table, changes, incremental=True, lists_recomputed=recomputed, cached=cached))
-    out.append(DerivedRows(MISCLASSIFIED_ITEMS, misclassified_changes(
+        removed = increment.previous[table.name].join(gone, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(True))
+        # Cached and counted once: the MERGE reads its source twice, and each reading would run
+        # the Python lists again.
+        changes = rows.unionByName(removed).persist()
+        changes.count()
+        out.append(DerivedRows(table, changes, incremental=True, lists_recomputed=int(counters[table.name].value),
+                               cached=changes))
+    misclassified = misclassified_changes(
         state, classes=classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
-    ), incremental=True))
+    ).persist()
+    out.append(DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=True, cached=misclassified))
     return out
 
 

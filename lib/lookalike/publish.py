@@ -61,7 +61,7 @@ PUBLISHED_TABLES: tuple[TableSchema, ...] = (
     CATALOG, EMBEDDINGS, SIMILAR_ITEMS, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS,
     DISPLAY_LOOKALIKES,
 )
-# Lists derived from the embeddings, recomputed whole by every run (see lookalike.alternatives).
+# Lists derived from the embeddings, recomputed where a change reaches them (see lookalike.alternatives).
 DERIVED_TABLES: tuple[TableSchema, ...] = (
     CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS, DISPLAY_LOOKALIKES,
 )
