@@ -147,10 +147,6 @@ def _empty(table: TableSchema) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series([], dtype=object) for name in table.column_names})
 
 
-def _same_list(new: list[dict], old: list[dict], content: Sequence[str]) -> bool:
-    return len(new) == len(old) and all(all(n[c] == o[c] for c in content) for n, o in zip(new, old))
-
-
 def _list_changes(
     group: pd.DataFrame, lists: pd.DataFrame, wanted: np.ndarray, table: TableSchema, run_id: str, catalog_version: int
 ) -> pd.DataFrame:
@@ -158,28 +154,34 @@ def _list_changes(
 
     A new list is kept whole, and only if it differs from the published one (lineage aside), so
     every row of a list carries the lineage of the run that last changed it; published ranks past
-    the new list's end come back with ``_delete`` true.
+    the new list's end come back with ``_delete`` true. Compared column by column over all the
+    group's lists at once (a published float32 score equals its recomputed float32 exactly).
     """
     content = [c for c in table.column_names if c not in _NOT_CONTENT]
-    ids = group["item_id"].to_numpy()
-    published = group[PREVIOUS_LIST].to_numpy()
-    new_lists = dict(tuple(lists.groupby("item_id", sort=False))) if len(lists) else {}
-    kept, stale = [], []
-    for row in wanted:
-        item_id = ids[row]
-        old = [] if published[row] is None else list(published[row])
-        new = new_lists.get(item_id)
-        records = [] if new is None else new[content].to_dict("records")
-        if _same_list(records, old, content):
-            continue
-        if new is not None:
-            kept.append(new)
-        stale += [{**gone, "item_id": item_id, "run_id": run_id, "catalog_version": catalog_version}
-                  for gone in old[len(records):]]
-    out = pd.concat(kept, ignore_index=True) if kept else _empty(table)
-    out[DELETE_FLAG] = False
-    if stale:
-        out = pd.concat([out, pd.DataFrame(stale).assign(**{DELETE_FLAG: True})[out.columns]], ignore_index=True)
+    published = group[PREVIOUS_LIST].to_numpy()[wanted]
+    lengths = [0 if rows is None else len(rows) for rows in published]
+    old = pd.DataFrame.from_records(
+        [row for rows in published if rows is not None for row in rows], columns=content
+    )
+    old["item_id"] = np.repeat(group["item_id"].to_numpy()[wanted], lengths)
+    new = lists[["item_id", *content]]
+    keys = ["item_id", "rank"]
+    both = new.astype({"rank": np.int64}).merge(
+        old.astype({"rank": np.int64}), on=keys, how="outer", suffixes=("", "_old"), indicator=True
+    )
+    same = both["_merge"].eq("both").to_numpy()
+    for column in content:
+        if column != "rank":
+            a, b = both[column], both[f"{column}_old"]
+            same &= ((a == b) | (a.isna() & b.isna())).to_numpy()
+    differs = pd.unique(both.loc[~same, "item_id"])
+    out = lists[lists["item_id"].isin(differs)].assign(**{DELETE_FLAG: False})
+    stale = old[old["item_id"].isin(differs)].merge(new[keys].astype({"rank": old["rank"].dtype}), on=keys, how="left",
+                                                    indicator=True)
+    stale = stale[stale["_merge"].eq("left_only")].drop(columns="_merge")
+    if len(stale):
+        stale = stale.assign(run_id=run_id, catalog_version=catalog_version, **{DELETE_FLAG: True})
+        out = pd.concat([out, stale[out.columns]], ignore_index=True)
     return out
 
 
