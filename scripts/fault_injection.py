@@ -152,9 +152,11 @@ def select_photo_ids(source: Path, items: int) -> list[str]:
 
 def spare_count(items: int) -> int:
     """Photos to hold back for new photos and new items: about 5%, at least what ``nightly_changes`` needs."""
+    from lookalike.demo_catalog import CHANGE_KINDS
+
     spare = max(2, round(CHANGE_FRACTION * items))
     # nightly_changes takes two spare photos per change kind share (new photo, new item).
-    while 2 * max(1, int(round(CHANGE_FRACTION * (items - spare) / 6))) > spare:
+    while 2 * max(1, int(round(CHANGE_FRACTION * (items - spare) / len(CHANGE_KINDS)))) > spare:
         spare += 1
     return spare
 
