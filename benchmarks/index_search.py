@@ -16,8 +16,9 @@ Methods, on the SAME vectors and the SAME (category, price_band) partitions, exa
 top-k with the item itself left out:
 
 - ``ours``: :func:`lookalike.neighbours.similar_items` on a DataFrame read from a Parquet file
-  written beforehand; the result is persisted and counted, so the applyInPandas runs once and
-  the time includes Spark's reading, shuffle, Arrow transfer and the result's materialisation;
+  written beforehand, its rows written to Parquet: the time includes Spark's reading, shuffle,
+  Arrow transfer and writing every list row (partitions above ``--block-items`` are scored block
+  pair by block pair); the peak resident memory of the JVM and of the Python workers is sampled;
 - ``faiss_flat``: ``faiss.IndexFlatIP`` per partition, one process, ``--threads`` OpenMP threads,
   on float32 arrays already in memory (split by partition beforehand, untimed);
 - ``sklearn_brute``: ``NearestNeighbors(algorithm="brute", metric="cosine", n_jobs=--threads)``
@@ -27,7 +28,7 @@ top-k with the item itself left out:
   precomputed ``hashes`` column, which ``approxSimilarityJoin`` uses as given): only items of
   the same partition can meet. The distance threshold is the largest exact k-th neighbour
   distance (LSH is given the best threshold there is); the top k per item come from a window
-  over the joined pairs; persisted and counted as ``ours``. Run only up to ``--lsh-max-items``
+  over the joined pairs; persisted and counted. Run only up to ``--lsh-max-items``
   items (it is very slow), once per ``--lsh`` configuration ``bucketLength:numHashTables``;
   recall@k against the exact lists.
 
@@ -429,8 +430,10 @@ def row_of(item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
     return np.char.lstrip(np.asarray(item_ids).astype(str), "i").astype(np.int64)
 
 
-def ours_lists(spark, parquet_path: Path, n: int, k: int, *, block_rows: int) -> tuple[float, Lists]:
-    """Run :func:`lookalike.neighbours.similar_items` on the Parquet rows; time it to a counted cache.
+def ours_lists(
+    spark, parquet_path: Path, n: int, k: int, *, block_rows: int, block_items: int, out_path: Path, approximate=None
+) -> tuple[float, Lists, dict[str, float]]:
+    """Run :func:`lookalike.neighbours.similar_items` on the Parquet rows and write its rows to Parquet.
 
     Parameters
     ----------
@@ -438,37 +441,101 @@ def ours_lists(spark, parquet_path: Path, n: int, k: int, *, block_rows: int) ->
         The session.
     parquet_path : pathlib.Path
         Written by :func:`write_parquet`.
-    n, k, block_rows : int
-        Items, list length and BLAS block rows.
+    n, k, block_rows, block_items : int
+        Items, list length, BLAS block rows and ``index.block_items`` (partitions above it are
+        scored block pair by block pair).
+    out_path : pathlib.Path
+        Parquet folder the list rows are written to (overwritten).
+    approximate : lookalike.neighbours.ApproximateSearch, optional
+        Search the partitions above its size approximately (default: every list exact).
 
     Returns
     -------
     seconds : float
-        Read, shuffle, top-k in the Python workers and materialisation of the result in Spark's
-        cache (``persist`` + ``count``: the applyInPandas runs once).
+        Read, shuffle, top-k in the Python workers, and every list row written to ``out_path``:
+        the index stage end to end, less the Delta commit.
     lists : Lists
-        The result, collected from the cache afterwards (untimed).
+        The result, read back from ``out_path`` by the driver's Python (untimed; not through the JVM).
+    peak_mb : dict
+        Peak memory seen during the timed part (see :class:`PeakMemory`): of the JVM (driver and
+        executors, local mode) and of the largest single Python worker.
     """
-    from pyspark.storagelevel import StorageLevel
-
     from lookalike.neighbours import similar_items
 
-    start = time.perf_counter()
-    result = similar_items(
-        spark.read.parquet(str(parquet_path)), k=k, block_rows=block_rows, run_id="bench", catalog_version=0
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    rows = result.count()
-    seconds = time.perf_counter() - start
-    try:
-        frame = result.select("item_id", "rank", "neighbour_id", "score").toPandas()
-    finally:
-        result.unpersist()
-    log.info("ours: %d list rows in %.2f s", rows, seconds)
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        similar_items(
+            spark.read.parquet(str(parquet_path)), k=k, block_rows=block_rows, run_id="bench", catalog_version=0,
+            block_items=block_items, approximate=approximate,
+        ).write.mode("overwrite").parquet(str(out_path))
+        seconds = time.perf_counter() - start
+    frame = pq.read_table(out_path, columns=["item_id", "rank", "neighbour_id", "score"]).to_pandas()
+    log.info("ours: %d list rows in %.2f s, peak memory %s MB", len(frame), seconds, peak.megabytes)
     lists = lists_from_pairs(
         n, k, row_of(frame["item_id"].to_numpy()), frame["rank"].to_numpy(np.int64),
         row_of(frame["neighbour_id"].to_numpy()), frame["score"].to_numpy(np.float32),
     )
-    return seconds, lists
+    return seconds, lists, peak.megabytes
+
+
+class PeakMemory:
+    """Samples the memory of the JVM and of Spark's Python workers (this driver left out).
+
+    ``megabytes`` after the block: for ``jvm`` (the ``java`` process) and ``python_worker`` (the
+    largest Python process under it), the peak resident set (``*_rss``) and its anonymous part
+    (``*_anon``: ``RssAnon`` of ``/proc/<pid>/status``, the heap and other private memory;
+    the rest of the resident set is file pages, e.g. memory-mapped shuffle files, which the
+    kernel can drop). Sampled every ``interval`` seconds, so a shorter peak can be missed.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.megabytes: dict[str, float] = {f"{kind}_{part}": 0.0 for kind in ("jvm", "python_worker") for part in ("rss", "anon")}
+        self._stop = None
+        self._thread = None
+
+    @staticmethod
+    def _anonymous_mb(pid: int) -> float:
+        """``RssAnon`` of a process in MB (0 where /proc does not give it)."""
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        # Under spark-submit the JVM started this driver; under pytest this process started the JVM.
+        root = me.parent() if me.parent() is not None and "java" in me.parent().name() else me
+        while not self._stop.wait(self.interval):
+            for child in [root, *root.children(recursive=True)]:
+                if child.pid == me.pid:
+                    continue
+                try:
+                    kind = "jvm" if "java" in child.name() else "python_worker" if "python" in child.name() else None
+                    if kind:
+                        rss = child.memory_info().rss / 2**20
+                        self.megabytes[f"{kind}_rss"] = max(self.megabytes[f"{kind}_rss"], rss)
+                        self.megabytes[f"{kind}_anon"] = max(self.megabytes[f"{kind}_anon"], self._anonymous_mb(child.pid))
+                except psutil.Error:  # the process ended between listing and reading it
+                    continue
+
+    def __enter__(self) -> "PeakMemory":
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.megabytes = {key: round(value) for key, value in self.megabytes.items()}
 
 
 def lsh_lists(
@@ -629,17 +696,24 @@ def measure_size(
     k = args.k
     seconds: dict[str, float] = {}
     best_ours = best_faiss = None
+    peak_mb: dict[str, float] = {}
+    sk = None
     for _ in range(repeats):
-        s, lists = ours_lists(spark, path, n, k, block_rows=args.block_rows)
+        s, lists, peak = ours_lists(
+            spark, path, n, k, block_rows=args.block_rows, block_items=args.block_items,
+            out_path=Path(args.work).resolve() / f"lists-{n}.parquet",
+        )
+        peak_mb = {key: max(value, peak_mb.get(key, 0.0)) for key, value in peak.items()}
         if s < seconds.get("ours", np.inf):
             seconds["ours"], best_ours = s, lists
         s, lists = timed(lambda: faiss_lists(catalog, parts, k, threads=args.threads))
         if s < seconds.get("faiss_flat", np.inf):
             seconds["faiss_flat"], best_faiss = s, lists
-        s, sk = timed(lambda: sklearn_lists(catalog, parts, k, threads=args.threads))
-        seconds["sklearn_brute"] = min(s, seconds.get("sklearn_brute", np.inf))
+        if n <= args.sklearn_max_items:
+            s, sk = timed(lambda: sklearn_lists(catalog, parts, k, threads=args.threads))
+            seconds["sklearn_brute"] = min(s, seconds.get("sklearn_brute", np.inf))
     agreement = compare_lists(best_ours, best_faiss)
-    sklearn_agreement = compare_lists(best_ours, sk)
+    sklearn_agreement = compare_lists(best_ours, sk) if sk is not None else None
     exact_kth = best_ours.scores[np.arange(n), np.maximum((best_ours.neighbours >= 0).sum(axis=1) - 1, 0)]
     lsh_runs = []
     if n <= args.lsh_max_items:
@@ -654,6 +728,28 @@ def measure_size(
         best = max(lsh_runs, key=lambda r: (r["recall_at_k"], -r["seconds"])) if lsh_runs else None
         if best:
             seconds["mllib_lsh"] = best["seconds"]
+    approximate_runs = []
+    for above in args.approximate_above if n >= args.approximate_min_items else []:
+        from lookalike.neighbours import ApproximateSearch
+
+        in_approximate = np.zeros(n, dtype=bool)
+        for rows in parts:
+            in_approximate[rows] = len(rows) > above
+        for nprobe in args.nprobe:
+            search = ApproximateSearch(above=above, nprobe=nprobe, recall_sample=0.01)
+            s, approx, peak = ours_lists(
+                spark, path, n, k, block_rows=args.block_rows, block_items=args.block_items,
+                out_path=Path(args.work).resolve() / f"lists-{n}-approx.parquet", approximate=search,
+            )
+            recalls = {
+                f"recall_at_{depth}": recall_at_k(best_ours.neighbours[in_approximate, :depth], approx.neighbours[in_approximate, :depth])
+                for depth in sorted({10, k})
+            }
+            approximate_runs.append({
+                "nprobe": nprobe, "above": above, "seconds": s, "speedup_vs_exact": seconds["ours"] / s,
+                "items_searched_approximately": int(in_approximate.sum()), "peak_mb": peak, **recalls,
+            })
+            log.info("ours approximate above %d, nprobe %d: %.2f s, %s", above, nprobe, s, recalls)
     squares = sum_squared_sizes(parts)
     result = {
         "items": n,
@@ -669,7 +765,9 @@ def measure_size(
         "ours_vs_sklearn": sklearn_agreement,
         "lsh_runs": lsh_runs,
         "ratio_ours_faiss": seconds["faiss_flat"] / seconds["ours"],
-        "ratio_ours_sklearn": seconds["sklearn_brute"] / seconds["ours"],
+        "ratio_ours_sklearn": seconds["sklearn_brute"] / seconds["ours"] if "sklearn_brute" in seconds else None,
+        "ours_peak_mb": peak_mb,
+        "approximate_runs": approximate_runs,
         "ratio_ours_lsh": seconds["mllib_lsh"] / seconds["ours"] if "mllib_lsh" in seconds else None,
         "lsh_recall": max((r["recall_at_k"] for r in lsh_runs), default=None),
     }
@@ -692,9 +790,9 @@ def print_table(results: Sequence[dict]) -> str:
         s = r["seconds"]
         lines.append(
             f"| {r['items']:,} | {r['partitions']} | {r['largest_partition']:,} | {r['squares_over_catalog_squared']:.3f} "
-            f"| {s['ours']:.2f} | {s['faiss_flat']:.2f} | {s['sklearn_brute']:.2f} | {fmt(s.get('mllib_lsh'), '.1f')} "
+            f"| {s['ours']:.2f} | {s['faiss_flat']:.2f} | {fmt(s.get('sklearn_brute'), '.2f')} | {fmt(s.get('mllib_lsh'), '.1f')} "
             f"| {r['items_per_s']['ours']:,.0f} | {r['items_per_s']['faiss_flat']:,.0f} "
-            f"| {r['ratio_ours_faiss']:.2f} | {r['ratio_ours_sklearn']:.2f} | {fmt(r['ratio_ours_lsh'], '.1f')} "
+            f"| {r['ratio_ours_faiss']:.2f} | {fmt(r['ratio_ours_sklearn'], '.2f')} | {fmt(r['ratio_ours_lsh'], '.1f')} "
             f"| {fmt(r['lsh_recall'], '.3f')} |"
         )
     for r in results:
@@ -724,6 +822,18 @@ def print_table(results: Sequence[dict]) -> str:
         lines.append(
             f"ours == faiss_flat: scores within {SCORE_TOLERANCE:g}: {a['scores_equal']} "
             f"(max difference {a['max_score_difference']:.2e}; identical id lists for {100 * a['share_same_ids']:.2f} % of items)"
+        )
+        for run in r["approximate_runs"]:
+            recalls = ", ".join(f"{key.replace('_', ' ').replace('recall at ', 'recall@')} {value:.4f}" for key, value in run.items() if key.startswith("recall_at_"))
+            lines.append(
+                f"ours approximate (IVF, nprobe {run['nprobe']}, partitions above {run['above']:,} items: "
+                f"{run['items_searched_approximately']:,} items): {run['seconds']:.2f} s, "
+                f"ratio exact/approximate = {run['speedup_vs_exact']:.2f} (target >= 5 at recall@10 >= 0.99), {recalls}"
+            )
+        peak = r["ours_peak_mb"]
+        lines.append(
+            f"ours peak memory: JVM resident {peak['jvm_rss']:,.0f} MB (anonymous {peak['jvm_anon']:,.0f} MB), "
+            f"largest Python worker resident {peak['python_worker_rss']:,.0f} MB (anonymous {peak['python_worker_anon']:,.0f} MB)"
         )
         lines.append(
             f"sum of squared partition sizes = {r['sum_squared_partition_sizes']:,} = "
@@ -769,6 +879,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[10000, 100000], help="catalog sizes")
     parser.add_argument("--k", type=int, default=20, help="neighbours per item (index.k)")
     parser.add_argument("--block-rows", type=int, default=1024, help="index.block_rows for ours")
+    parser.add_argument("--block-items", type=int, default=50000, help="index.block_items for ours (0: never split)")
+    parser.add_argument("--approximate-above", type=int, nargs="*", default=[], help="also run ours with index.approximate_above = each of these")
+    parser.add_argument("--approximate-min-items", type=int, default=100000, help="... only on catalogs of at least this size")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16], help="index.approximate_nprobe values tried")
+    parser.add_argument("--sklearn-max-items", type=int, default=100000, help="run scikit-learn only on catalogs up to this size")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="threads for faiss and scikit-learn")
     parser.add_argument("--repeats", type=int, default=2, help="runs per method and size (best kept)")
     parser.add_argument("--lsh", default="0.5:4", help="MLlib LSH configs, bucketLength:numHashTables,...")

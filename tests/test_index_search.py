@@ -71,8 +71,13 @@ def test_ours_equals_faiss_and_sklearn_on_a_tiny_catalog(bench, real, spark, tmp
     parts = bench.partition_rows(catalog)
     path = tmp_path / "catalog.parquet"
     bench.write_parquet(catalog, path)
-    seconds, ours = bench.ours_lists(spark, path, catalog.size, 20, block_rows=64)
+    # block_items 60: the bigger partitions are scored block pair by block pair.
+    seconds, ours, peak = bench.ours_lists(
+        spark, path, catalog.size, 20, block_rows=64, block_items=60, out_path=tmp_path / "lists.parquet"
+    )
     assert seconds > 0
+    assert max(len(rows) for rows in parts) > 60
+    assert peak["jvm_rss"] > 100 and 0 < peak["jvm_anon"] <= peak["jvm_rss"]  # the sampler saw the session's JVM
     faiss = bench.faiss_lists(catalog, parts, 20, threads=2)
     sklearn = bench.sklearn_lists(catalog, parts, 20, threads=2)
     for other in (faiss, sklearn):

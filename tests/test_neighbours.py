@@ -9,7 +9,10 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.neighbours import BLOCK_CELLS, bounded_block_rows, candidate_top_k, similar_items, top_k_blocked
+from lookalike.neighbours import (
+    BLOCK_CELLS, ApproximateSearch, approximate_top_k, bounded_block_rows, candidate_top_k, index_recall, similar_items,
+    top_k_blocked, top_k_of_queries,
+)
 from schemas import EMBEDDINGS, SIMILAR_ITEMS
 
 
@@ -243,3 +246,149 @@ def test_similar_items_empty_input_gives_empty_output(spark):
     """No embeddings gives no rows (and does not fail)."""
     empty = spark.createDataFrame([], EMBEDDINGS.spark_schema)
     assert similar_items(empty, k=3, block_rows=4, run_id="r").collect() == []
+
+
+# ---------------------------------------------------------------- Spark: partitions split in blocks
+
+def random_catalog(seed: int, sizes: dict[tuple[str, int], int], d: int = 4) -> list[tuple]:
+    """(category, price_band, item_id, embedding, price, model_version) rows; a fifth of the vectors repeat another row's."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (category, band), size in sizes.items():
+        vectors = unit_rows(rng, size, d).astype(np.float64)
+        repeats = rng.random(size) < 0.2
+        vectors[repeats] = vectors[rng.integers(0, size, int(repeats.sum()))]  # exact ties, also at the cut
+        for j, vector in enumerate(vectors):
+            item = f"{category[0]}{band}-{int(rng.integers(0, 10**6)):06d}-{j:03d}"  # ids not in vector order
+            rows.append((category, band, item, [float(x) for x in vector], float(rng.integers(10, 99)), "v1"))
+    return rows
+
+
+ITEM_SCHEMA = "category string, price_band int, item_id string, embedding array<float>, price double, model_version string"
+
+
+@pytest.mark.parametrize("block_items", [9, 20, 40])
+@pytest.mark.parametrize("k", [3, 8])
+def test_split_partitions_give_the_lists_of_one_task_per_partition(spark, block_items, k):
+    """Partitions split into block pairs (then merged) give exactly the lists of one task per partition."""
+    sizes = {("Tops", 0): 83, ("Tops", 1): 41, ("Shoes", 0): 21, ("Bags", 2): 6, ("Bags", 3): 1}
+    items = spark.createDataFrame(random_catalog(7 + k, sizes), ITEM_SCHEMA).repartition(3)
+    whole = similar_items(items, k=k, block_rows=5, run_id="r")
+    split = similar_items(items, k=k, block_rows=5, run_id="r", block_items=block_items)
+    assert split.schema == whole.schema
+    assertDataFrameEqual(split, whole, rtol=0, atol=0)
+
+
+def test_split_lists_with_fewer_items_than_k_list_the_whole_partition(spark):
+    """A split partition smaller than k + 1 lists every other item, as one task would."""
+    items = spark.createDataFrame(random_catalog(3, {("Tops", 0): 7}), ITEM_SCHEMA)
+    split = similar_items(items, k=10, block_rows=4, run_id="r", block_items=2)
+    assert split.groupBy("item_id").count().where("count <> 6").count() == 0
+    assertDataFrameEqual(split, similar_items(items, k=10, block_rows=4, run_id="r"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_split_partitions_recompute_the_same_lists_incrementally(spark, seed):
+    """With the refresh's flags, split partitions recompute exactly the lists one task per partition does.
+
+    The flags are random (changed items, entrants, previous list lengths and k-th scores), so every
+    branch of the rule is taken: must, entrant reaching the previous k-th score, short list.
+    """
+    k = 4
+    rng = np.random.default_rng(seed)
+    rows = random_catalog(seed, {("Tops", 0): 60, ("Tops", 1): 30, ("Shoes", 0): 12})
+    flagged = [
+        (*row, bool(rng.random() < 0.1), bool(rng.random() < 0.1) or None, int(rng.integers(0, k + 1)), float(rng.uniform(0.7, 1.0)))
+        for row in rows
+    ]
+    schema = ITEM_SCHEMA + ", _must boolean, _entrant boolean, _previous_length long, _previous_kth float"
+    items = spark.createDataFrame(flagged, schema)
+    whole = similar_items(items, k=k, block_rows=7, run_id="r")
+    split = similar_items(items, k=k, block_rows=7, run_id="r", block_items=11)
+    recomputed = whole.select("item_id").distinct().count()
+    assert 0 < recomputed < len(rows)  # only some lists, so the rule is exercised
+    assertDataFrameEqual(split, whole, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- approximate search
+
+def clustered_rows(rng: np.random.Generator, n: int, d: int = 16, centres: int = 12) -> np.ndarray:
+    """n unit rows around a few random centres, as catalog embeddings are."""
+    centre = unit_rows(rng, centres, d).astype(np.float64)
+    x = centre[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, d)) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_approximate_search_probing_every_list_is_exact():
+    """With nprobe = every inverted list the IVF search is exhaustive: the exact lists, ids and scores."""
+    vectors = clustered_rows(np.random.default_rng(5), 900)
+    own = np.arange(len(vectors))
+    exact, exact_scores, _ = top_k_of_queries(vectors, vectors, 10, own=own, block_rows=64)
+    approx, approx_scores = approximate_top_k(vectors, vectors, 10, own=own, nprobe=10_000, block_rows=64)
+    np.testing.assert_array_equal(approx, exact)
+    np.testing.assert_array_equal(approx_scores, exact_scores)
+
+
+def test_approximate_search_with_few_probes_misses_some_neighbours_and_never_lists_self():
+    """One probe out of 30 lists finds most, not all, true neighbours; found scores are exact float64."""
+    vectors = clustered_rows(np.random.default_rng(6), 900)
+    own = np.arange(len(vectors))
+    exact, _, _ = top_k_of_queries(vectors, vectors, 10, own=own)
+    approx, scores = approximate_top_k(vectors, vectors, 10, own=own, nprobe=1)
+    recall = np.mean([len(np.intersect1d(a[a >= 0], e)) / len(e) for a, e in zip(approx, exact)])
+    assert 0.3 < recall < 1.0
+    assert not np.any(approx == own[:, None])
+    listed = approx >= 0
+    rows = np.broadcast_to(own[:, None], approx.shape)
+    np.testing.assert_allclose(scores[listed], np.einsum("nd,nd->n", vectors[rows[listed]], vectors[approx[listed]]), rtol=0, atol=1e-12)
+
+
+def test_approximate_settings_are_checked():
+    """Off by default; bad settings are refused with the names of the keys."""
+    assert ApproximateSearch.from_config({"approximate_above": 0}) is None
+    search = ApproximateSearch.from_config({"approximate_above": 10, "approximate_nprobe": 4, "recall_sample": 0.5})
+    assert search == ApproximateSearch(above=10, nprobe=4, recall_sample=0.5)
+    with pytest.raises(ValueError, match="approximate_nprobe"):
+        ApproximateSearch.from_config({"approximate_above": 10, "approximate_nprobe": 0, "recall_sample": 0.5})
+    with pytest.raises(ValueError, match="recall_sample"):
+        ApproximateSearch.from_config({"approximate_above": 10, "approximate_nprobe": 4, "recall_sample": 0})
+
+
+def test_approximate_partitions_and_their_recall(spark):
+    """Partitions above the limit are searched approximately, the others stay exact, and the recall is what it is.
+
+    Every item is sampled (recall_sample 1.0), so index_recall must equal the recall computed here
+    from the exact lists, partition by partition, for k 5 and 10.
+    """
+    rng = np.random.default_rng(8)
+    sizes = {("Tops", 0): 700, ("Tops", 1): 420, ("Shoes", 0): 90}
+    rows = []
+    for (category, band), size in sizes.items():
+        for j, vector in enumerate(clustered_rows(rng, size)):
+            rows.append((category, band, f"{category}{band}-{j:04d}", [float(x) for x in vector], 10.0 + j, "v1"))
+    items = spark.createDataFrame(rows, ITEM_SCHEMA)
+    search = ApproximateSearch(above=100, nprobe=1, recall_sample=1.0)
+    exact = similar_items(items, k=10, block_rows=64, run_id="r")
+    approx = similar_items(items, k=10, block_rows=64, run_id="r", block_items=300, approximate=search)
+    # The small partition keeps its exact lists; the big ones differ somewhere.
+    assertDataFrameEqual(approx.where("category = 'Shoes'"), exact.where("category = 'Shoes'"), rtol=0, atol=0)
+    assert approx.where("category = 'Tops'").exceptAll(exact.where("category = 'Tops'")).count() > 0
+    recall = index_recall(items, approx, ks=(5, 10), block_rows=64, block_items=300, approximate=search)
+
+    found = approx.toPandas()
+    truth = exact.toPandas()
+    expected = []
+    for (category, band), size in sizes.items():
+        if size <= search.above:
+            continue
+        for k in (5, 10):
+            a = found[(found.category == category) & (found.price_band == band) & (found["rank"] <= k)]
+            e = truth[(truth.category == category) & (truth.price_band == band) & (truth["rank"] <= k)]
+            got = a.groupby("item_id")["neighbour_id"].apply(set)
+            shares = [len(got.get(item, set()) & set(ids)) / len(ids) for item, ids in e.groupby("item_id")["neighbour_id"]]
+            expected.append((category, band, size, k, len(shares), float(np.mean(shares))))
+    expected_df = spark.createDataFrame(
+        expected, "category string, price_band int, partition_items long, k int, items_sampled long, recall_at_k double"
+    )
+    assertDataFrameEqual(recall.select(*expected_df.columns), expected_df, rtol=1e-12)
+    assert all(0.3 < r[-1] < 1.0 for r in expected)

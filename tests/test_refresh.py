@@ -36,7 +36,8 @@ from lookalike.refresh import AccountingError, RunConflict, account_for_rows, cl
 from lookalike.tables import table_path
 from refresh_history import REPO
 from schemas import (
-    ALL_TABLES, CATALOG, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, EMBEDDINGS, SIMILAR_ITEMS,
+    ALL_TABLES, CATALOG, CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, EMBEDDINGS, INDEX_RECALL,
+    SIMILAR_ITEMS,
 )
 
 pytestmark = pytest.mark.slow
@@ -218,6 +219,55 @@ def test_other_list_settings_recompute_those_lists_whole(spark, history, tmp_pat
         without_lineage(published_table(spark, config, DISPLAY_LOOKALIKES, result.publication)),
         without_lineage(expected_display), atol=1e-6,
     )
+
+
+def test_big_partitions_split_and_searched_approximately_publish_their_recall(spark, history, tmp_path):
+    """A run with the biggest partitions split in blocks and searched approximately (IVF, one probe).
+
+    Split partitions under the approximate limit keep exactly the lists of one task per partition;
+    the approximate ones publish their recall in ``index_recall``, equal to the recall of the
+    published lists against exact lists computed here (every item sampled).
+    """
+    copy = tmp_path / "store"
+    shutil.copytree(history.full["storage"]["root"], copy)
+    sizes = sorted(
+        (row["count"] for row in published_snapshot(spark, history.full)[1]["embeddings"].groupBy("category", "price_band").count().collect()),
+        reverse=True,
+    )
+    above, block_items = sizes[1] - 1, max(2, sizes[2] // 2)  # the two biggest approximate; the next ones split too
+    config = load_config(
+        "test", [f"storage.root={copy}", f"catalog.image_root={history.photos}", "storage.database=approximate",
+                 f"index.approximate_above={above}", "index.approximate_nprobe=1", "index.recall_sample=1.0",
+                 f"index.block_items={block_items}"],
+        conf_dir=REPO / "conf",
+    )
+    result = refresh(spark, config, catalog_path=str(history.changed_csv), run_id="approximate")
+    embeddings = published_table(spark, config, EMBEDDINGS, result.publication)
+    published = published_table(spark, config, SIMILAR_ITEMS, result.publication)
+    exact = similar_items(embeddings, k=int(config["index"]["k"]), block_rows=64, run_id="x")
+    partition_sizes = embeddings.groupBy("category", "price_band").agg(F.count("*").alias("partition_items"))
+    exact_parts = partition_sizes.where(F.col("partition_items") <= above).select("category", "price_band")
+    assertDataFrameEqual(
+        without_lineage(published.join(exact_parts, ["category", "price_band"], "left_semi")),
+        without_lineage(exact.join(exact_parts, ["category", "price_band"], "left_semi")),
+    )
+    assert result.figures["index_recall_rows"] == 2 * 2  # two partitions, k = 10 and 20
+    expected = []
+    for k in (10, 20):
+        e = exact.where(F.col("rank") <= k).select("category", "price_band", "item_id", "neighbour_id")
+        a = published.where(F.col("rank") <= k).select("item_id", "neighbour_id", F.lit(1).alias("hit"))
+        per_item = e.join(a, ["item_id", "neighbour_id"], "left").groupBy("category", "price_band", "item_id").agg(
+            (F.count("hit") / F.count("*")).alias("share")
+        )
+        expected.append(
+            per_item.groupBy("category", "price_band").agg(F.count("*").alias("items_sampled"), F.avg("share").alias("recall_at_k"))
+            .join(partition_sizes.where(F.col("partition_items") > above), ["category", "price_band"])
+            .withColumn("k", F.lit(k))
+        )
+    recall = spark.read.format("delta").load(table_path(config, INDEX_RECALL)).where(F.col("run_id") == "approximate")
+    columns = ["category", "price_band", "partition_items", "k", "items_sampled", "recall_at_k"]
+    assertDataFrameEqual(recall.select(*columns), expected[0].unionByName(expected[1]).select(*columns), rtol=1e-12)
+    assert recall.where((F.col("nprobe") != 1) | (F.col("method") != "ivf_flat") | (F.col("model_version") != result.publication.model_version)).count() == 0
 
 
 def snapshot_signature(spark, config) -> tuple[str | None, int, int]:

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from lookalike.publish import published_snapshot
 from lookalike.tables import conform, read_table, table_path
-from schemas import CATALOG, EMBEDDINGS, LIST_QUALITY, SIMILAR_ITEMS
+from schemas import CATALOG, EMBEDDINGS, INDEX_RECALL, LIST_QUALITY, SIMILAR_ITEMS
 
 
 def _per_item_hits(lists: DataFrame, catalog: DataFrame, k: int) -> DataFrame:
@@ -154,3 +154,36 @@ def record_list_quality(
         return quality.count()
     finally:
         quality.unpersist()
+
+
+def record_index_recall(
+    spark: SparkSession,
+    config: Mapping[str, Any],
+    staged: DataFrame | None,
+    *,
+    run_id: str,
+    run_seq: int,
+    model_version: str | None,
+) -> int:
+    """Append the recall rows the index stage staged (``neighbours.index_recall``) to ``index_recall``.
+
+    Idempotent per ``run_seq``, like ``record_list_quality``. Nothing is written when the run
+    searched no partition approximately (``staged`` None).
+
+    Returns
+    -------
+    int
+        Rows appended (partitions x k values).
+    """
+    if staged is None:
+        return 0
+    rows = staged.select(
+        "*", F.lit(run_id).alias("run_id"), F.lit(model_version).alias("model_version"),
+        F.lit("ivf_flat").alias("method"), F.current_timestamp().alias("measured_at"),
+    )
+    (
+        conform(rows, INDEX_RECALL).write.format("delta").mode("append")
+        .option("txnAppId", "lookalike.index_recall").option("txnVersion", int(run_seq))
+        .save(table_path(config, INDEX_RECALL))
+    )
+    return staged.count()

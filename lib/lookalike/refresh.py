@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
 from lookalike.alternatives import Increment, derived_tables
-from lookalike.evaluation import record_list_quality
+from lookalike.evaluation import record_index_recall, record_list_quality
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
 from lookalike.neighbours import stage_lists
@@ -193,7 +193,7 @@ def new_state(previous: DataFrame, changes: DataFrame) -> DataFrame:
     return kept.unionByName(conform(changes.where(~F.col(DELETE_FLAG)), EMBEDDINGS))
 
 
-_INDEX_SETTINGS = ("k", "price_bands", "price_band_edges", "quantile_bands")
+_INDEX_SETTINGS = ("k", "price_bands", "price_band_edges", "quantile_bands", "approximate_above", "approximate_nprobe")
 
 
 def list_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -459,7 +459,8 @@ def refresh(
                 recomputed = stage_lists(
                     spark, config, state=state, changes=changes,
                     previous=previous_lists, run_id=run_id, catalog_version=catalog_version,
-                    staging_path=f"{staging}/similar_items", full="index" in changed_settings,
+                    staging_path=f"{staging}/similar_items", recall_staging_path=f"{staging}/index_recall",
+                    full="index" in changed_settings,
                 )
                 progress.done(recomputed)
                 lists = _staged(spark, f"{staging}/similar_items")
@@ -507,6 +508,10 @@ def refresh(
         quality_partitions = record_list_quality(
             spark, config, run_id=run_id, run_seq=run_seq, model_version=manifest.version, catalog_version=catalog_version,
         )
+        recall_rows = record_index_recall(
+            spark, config, _staged(spark, f"{staging}/index_recall"), run_id=run_id, run_seq=run_seq,
+            model_version=manifest.version,
+        )
         figures: dict[str, float] = {
             "embeddings_inserted": embeddings_merge["inserted"],
             "embeddings_updated": embeddings_merge["updated"],
@@ -517,6 +522,7 @@ def refresh(
             "lists_changed": lists.select("item_id").distinct().count(),  # rewritten, shortened or removed
             "catalog_version": catalog_version,
             "list_quality_partitions": quality_partitions,
+            "index_recall_rows": recall_rows,
         }
         if recomputed is not None:
             figures["lists_recomputed"] = recomputed
