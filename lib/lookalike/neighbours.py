@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
@@ -326,53 +325,68 @@ def _use_task_cores() -> None:
     faiss.omp_set_num_threads(max(1, int(context.cpus())) if context is not None else 1)
 
 
-def _partition_top_k(
-    k: int, block_rows: int, run_id: str, catalog_version: int
-) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """Lists for the rows of one (category, band) group that need them.
+def _partition_top_k(k: int, block_rows: int) -> Callable[[pa.Table], pa.Table]:
+    """Lists for the rows of one (category, band) group that need them (an ``applyInArrow`` function).
 
     Without the incremental flags every row gets a list. With them, a row gets one if it must
     (its own item or a neighbour changed) or if an entrant (an item new to the partition or
     with a new vector) scores at least its previous k-th score, or its list was short.
     """
-    def top_k(group: pd.DataFrame) -> pd.DataFrame:
+    def top_k(group: pa.Table) -> pa.Table:
         _use_task_cores()
-        group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
-        vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
-        n = len(group)
-        if MUST_RECOMPUTE in group:
-            wanted = group[MUST_RECOMPUTE].eq(True).to_numpy()
-            entrants = np.flatnonzero(group[ENTRANT].eq(True).to_numpy())
+        group = group.sort_by("item_id")
+        vectors = _vectors(group)
+        n = group.num_rows
+        if MUST_RECOMPUTE in group.column_names:
+            wanted = _flags(group, MUST_RECOMPUTE)
+            entrants = np.flatnonzero(_flags(group, ENTRANT))
             if len(entrants):
                 sims = vectors @ vectors[entrants].T
                 sims[entrants, np.arange(len(entrants))] = -np.inf
                 best = sims.max(axis=1).astype(np.float32)
-                short = group[PREVIOUS_LENGTH].fillna(0).to_numpy() < min(k, n - 1)
-                kth = group[PREVIOUS_KTH].to_numpy(dtype=np.float32, na_value=np.inf)
+                short = pc.fill_null(group.column(PREVIOUS_LENGTH), 0).to_numpy() < min(k, n - 1)
+                kth = pc.fill_null(group.column(PREVIOUS_KTH), np.inf).to_numpy().astype(np.float32)
                 wanted |= short | (best >= kth)
             rows = np.flatnonzero(wanted)
         else:
             rows = np.arange(n)
         neighbours, scores = top_k_blocked(vectors, k, block_rows=block_rows, rows=rows)
         kk = neighbours.shape[1]
-        source = np.repeat(rows, kk)
-        target = neighbours.reshape(-1)
-        return pd.DataFrame(
+        source = pa.array(np.repeat(rows, kk))
+        target = pa.array(neighbours.reshape(-1))
+        return pa.table(
             {
-                "category": group["category"].iloc[0] if n else None,
-                "price_band": group["price_band"].iloc[0] if n else None,
-                "item_id": group["item_id"].to_numpy()[source],
-                "rank": np.tile(np.arange(1, kk + 1, dtype=np.int32), len(rows)),
-                "neighbour_id": group["item_id"].to_numpy()[target],
-                "score": scores.reshape(-1),
-                "neighbour_price": group["price"].to_numpy()[target],
-                "model_version": group["model_version"].to_numpy()[source],
-                "run_id": run_id,
-                "catalog_version": catalog_version,
-            }
+                "category": group.column("category").take(source),
+                "price_band": group.column("price_band").take(source),
+                "item_id": group.column("item_id").take(source),
+                "rank": pa.array(np.tile(np.arange(1, kk + 1, dtype=np.int32), len(rows))),
+                "neighbour_id": group.column("item_id").take(target),
+                "score": pa.array(scores.reshape(-1)),
+                "neighbour_price": group.column("price").take(target),
+                "model_version": group.column("model_version").take(source),
+            },
+            schema=_LIST_ARROW,
         )
 
     return top_k
+
+
+def _flags(table: pa.Table, name: str) -> np.ndarray:
+    """A boolean column as a numpy array, null as False."""
+    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _with_lineage(lists: DataFrame, run_id: str, catalog_version: int) -> DataFrame:
+    """List rows in the ``similar_items`` schema: lineage added in Spark, one literal per column."""
+    return conform(
+        lists.withColumn("run_id", F.lit(run_id)).withColumn("catalog_version", F.lit(catalog_version).cast("long")),
+        SIMILAR_ITEMS,
+    )
+
+
+# List rows as the Python tasks return them: run_id and catalog_version are added in Spark.
+_LIST_OUTPUT = T.StructType([f for f in SIMILAR_ITEMS.spark_schema.fields if f.name not in ("run_id", "catalog_version")])
+_LIST_ARROW = to_arrow_schema(_LIST_OUTPUT)
 
 
 def similar_items(
@@ -425,15 +439,11 @@ def similar_items(
     items = embeddings.select(*columns)
     big = _split_partitions(items if partitions is None else partitions, block_items, approximate)
     whole = items if big is None else items.join(big, list(PARTITION_KEYS), "left_anti")
-    lists = whole.groupBy(*PARTITION_KEYS).applyInPandas(
-        _partition_top_k(k, block_rows, run_id, catalog_version), SIMILAR_ITEMS.spark_schema
-    )
+    lists = whole.groupBy(*PARTITION_KEYS).applyInArrow(_partition_top_k(k, block_rows), _LIST_OUTPUT)
     if big is not None:
         split = items.join(big, list(PARTITION_KEYS))
-        lists = lists.unionByName(
-            _block_pair_lists(split, k=k, block_rows=block_rows, run_id=run_id, catalog_version=catalog_version, approximate=approximate)
-        )
-    return conform(lists, SIMILAR_ITEMS)
+        lists = lists.unionByName(_block_pair_lists(split, k=k, block_rows=block_rows, approximate=approximate))
+    return _with_lineage(lists, run_id, catalog_version)
 
 
 # Columns of the block-pair rows (see _block_pair_lists).
@@ -549,8 +559,6 @@ _PAIR_OUTPUT = T.StructType(
     + [SIMILAR_ITEMS.spark_schema[c] for c in ("neighbour_price", "model_version")]
 )
 _PAIR_ARROW = to_arrow_schema(_PAIR_OUTPUT)
-# The merged rows; run_id and catalog_version are added in Spark, one literal per column.
-_MERGED_OUTPUT = T.StructType([f for f in SIMILAR_ITEMS.spark_schema.fields if f.name not in ("run_id", "catalog_version")])
 
 
 def _merged_lists(k: int) -> Callable[[pa.Table], pa.Table]:
@@ -587,16 +595,14 @@ def _merged_lists(k: int) -> Callable[[pa.Table], pa.Table]:
                 "neighbour_price": best.column("neighbour_price"),
                 "model_version": best.column("model_version"),
             },
-            schema=to_arrow_schema(_MERGED_OUTPUT),
+            schema=_LIST_ARROW,
         )
 
     return merge
 
 
-def _block_pair_lists(
-    items: DataFrame, *, k: int, block_rows: int, run_id: str, catalog_version: int, approximate: ApproximateSearch | None = None
-) -> DataFrame:
-    """``similar_items`` rows of the partitions split in blocks (``items`` carry ``_blocks``).
+def _block_pair_lists(items: DataFrame, *, k: int, block_rows: int, approximate: ApproximateSearch | None = None) -> DataFrame:
+    """List rows (without lineage) of the partitions split in blocks (``items`` carry ``_blocks``).
 
     With the incremental flags, a first pass over the pairs finds each item's best score against
     the entrants, so the rows that need a list are chosen by the same rule as in
@@ -618,12 +624,12 @@ def _block_pair_lists(
     return (
         _block_pairs(items, queries=wanted, candidates=F.lit(True))
         .groupBy(*pair_keys).applyInArrow(_pair_top_k(k, block_rows, approximate), _PAIR_OUTPUT)
-        .transform(lambda pairs: _merged(pairs, k, run_id, catalog_version))
+        .transform(lambda pairs: _merged(pairs, k))
     )
 
 
-def _merged(pairs: DataFrame, k: int, run_id: str, catalog_version: int) -> DataFrame:
-    """The per-block lists merged into ``similar_items`` rows.
+def _merged(pairs: DataFrame, k: int) -> DataFrame:
+    """The per-block lists merged into list rows (without lineage).
 
     One task per (partition, query block, item-id hash bucket), ``_blocks`` buckets: each task
     merges about one block's worth of queries' ``_blocks x k`` rows, so its memory does not grow
@@ -633,9 +639,7 @@ def _merged(pairs: DataFrame, k: int, run_id: str, catalog_version: int) -> Data
     return (
         pairs.withColumn(MERGE_BUCKET, bucket)
         .groupBy(*PARTITION_KEYS, QUERY_BLOCK, MERGE_BUCKET)
-        .applyInArrow(_merged_lists(k), _MERGED_OUTPUT)
-        .withColumn("run_id", F.lit(run_id))
-        .withColumn("catalog_version", F.lit(catalog_version).cast("long"))
+        .applyInArrow(_merged_lists(k), _LIST_OUTPUT)
     )
 
 
@@ -687,7 +691,7 @@ def index_recall(
     exact = (
         _block_pairs(items, queries=in_sample & F.col("_listed").eqNullSafe(True), candidates=F.lit(True))
         .groupBy(*PARTITION_KEYS, QUERY_BLOCK, CANDIDATE_BLOCK).applyInArrow(_pair_top_k(longest, block_rows), _PAIR_OUTPUT)
-        .transform(lambda pairs: _merged(pairs, longest, "", 0))
+        .transform(lambda pairs: _merged(pairs, longest))
         .select(*PARTITION_KEYS, "item_id", "neighbour_id", F.col("rank").alias("_exact_rank"))
     )
     found = lists.select("item_id", "neighbour_id", F.col("rank").alias("_rank"))
