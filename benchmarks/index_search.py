@@ -735,6 +735,9 @@ def measure_size(
         in_approximate = np.zeros(n, dtype=bool)
         for rows in parts:
             in_approximate[rows] = len(rows) > above
+        if not in_approximate.any():
+            log.info("no partition above %d items at %d items: no approximate run", above, n)
+            continue
         for nprobe in args.nprobe:
             search = ApproximateSearch(above=above, nprobe=nprobe, recall_sample=0.01)
             s, approx, peak = ours_lists(
