@@ -760,32 +760,10 @@ def stage_lists(
         Lists recomputed.
     """
     k = int(config["index"]["k"])
-    changed_ids = changes.select("item_id")
-    touched = (
-        changes.where(~F.col(DELETE_FLAG)).select(*PARTITION_KEYS)
-        .unionByName(changes.select(F.col(PREVIOUS_CATEGORY).alias("category"), F.col(PREVIOUS_BAND).alias("price_band")))
-        .where(F.col("category").isNotNull())
-        .distinct()
-    )
-    holding_changed = previous.join(changed_ids.withColumnRenamed("item_id", "neighbour_id"), "neighbour_id", "left_semi")
-    must = (
-        changes.where(~F.col(DELETE_FLAG)).select("item_id")
-        .unionByName(holding_changed.select("item_id"))
-        .distinct()
-        .withColumn(MUST_RECOMPUTE, F.lit(True))
-    )
-    entrants = changes.where(~F.col(DELETE_FLAG) & F.col(VECTOR_CHANGED)).select("item_id").withColumn(ENTRANT, F.lit(True))
-    previous_lists = previous.groupBy("item_id").agg(
-        F.count("*").alias(PREVIOUS_LENGTH), F.min("score").alias(PREVIOUS_KTH)
-    )
-    candidates = (
-        state.join(F.broadcast(touched), list(PARTITION_KEYS), "left_semi")
-        .join(must, "item_id", "left")
-        .join(entrants, "item_id", "left")
-        .join(previous_lists, "item_id", "left")
-    )
     if full:
         candidates, must = state, previous.select("item_id").distinct()
+    else:
+        candidates, must = _incremental_candidates(state, changes, previous)
     block_rows, block_items = int(config["index"]["block_rows"]), int(config["index"]["block_items"])
     approximate = ApproximateSearch.from_config(config["index"])
     lists = similar_items(
@@ -811,6 +789,39 @@ def stage_lists(
         lists.unpersist()
     log.info("index: %d lists recomputed (k=%d)", recomputed, k)
     return recomputed
+
+
+def _incremental_candidates(state: DataFrame, changes: DataFrame, previous: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """The rows of the partitions an item entered or left, with the refresh's flags, and the ``_must`` items.
+
+    Flags (see ``_partition_top_k``): ``_must`` for changed items and the items whose list holds
+    one; ``_entrant`` for items with a new vector; each item's previous list length and k-th score.
+    """
+    changed_ids = changes.select("item_id")
+    touched = (
+        changes.where(~F.col(DELETE_FLAG)).select(*PARTITION_KEYS)
+        .unionByName(changes.select(F.col(PREVIOUS_CATEGORY).alias("category"), F.col(PREVIOUS_BAND).alias("price_band")))
+        .where(F.col("category").isNotNull())
+        .distinct()
+    )
+    holding_changed = previous.join(changed_ids.withColumnRenamed("item_id", "neighbour_id"), "neighbour_id", "left_semi")
+    must = (
+        changes.where(~F.col(DELETE_FLAG)).select("item_id")
+        .unionByName(holding_changed.select("item_id"))
+        .distinct()
+        .withColumn(MUST_RECOMPUTE, F.lit(True))
+    )
+    entrants = changes.where(~F.col(DELETE_FLAG) & F.col(VECTOR_CHANGED)).select("item_id").withColumn(ENTRANT, F.lit(True))
+    previous_lists = previous.groupBy("item_id").agg(
+        F.count("*").alias(PREVIOUS_LENGTH), F.min("score").alias(PREVIOUS_KTH)
+    )
+    candidates = (
+        state.join(F.broadcast(touched), list(PARTITION_KEYS), "left_semi")
+        .join(must, "item_id", "left")
+        .join(entrants, "item_id", "left")
+        .join(previous_lists, "item_id", "left")
+    )
+    return candidates, must
 
 
 def changed_list_rows(lists: DataFrame, previous: DataFrame, *, replaced: DataFrame, table: TableSchema) -> DataFrame:
