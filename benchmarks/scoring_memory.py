@@ -447,7 +447,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sizes = images.agg(F.count("*"), F.max("size_bytes"), F.avg("size_bytes")).first()
     n, largest, mean = int(sizes[0]), int(sizes[1]), float(sizes[2])
     ship_scorer(spark, model_config, manifest)
-    score = make_score_udf(manifest, tf_threads=int(config["embed"]["tf_threads_per_task"]))
+    score = make_score_udf(
+        manifest, tf_threads=int(config["embed"]["tf_threads_per_task"]),
+        model_batch_rows=int(config["embed"]["model_batch_rows"]),
+    )
 
     sampler = MemorySampler(jvm_pid, lambda: memory_bean.getHeapMemoryUsage().getUsed(), int(args.ceiling_gib * GIB))
     sampler.start()

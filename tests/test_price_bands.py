@@ -151,3 +151,19 @@ def test_arrow_batch_rows_arithmetic(image_size, target_bytes, max_rows, expecte
     rows = arrow_batch_rows(image_size=image_size, target_bytes=target_bytes, max_rows=max_rows)
     assert rows == expected
     assert isinstance(rows, int)
+
+
+@pytest.mark.parametrize(
+    "image_size, max_rows, multiple_of, expected",
+    [
+        (224, 1024, 16, 48),   # 55 rows fit: three model calls of 16
+        (224, 1024, 55, 55),   # already a multiple
+        (224, 1024, 64, 55),   # no room for one call of 64: left as it is (the call is padded)
+        (16, 1024, 16, 1024),
+        (16, 1000, 16, 992),
+        (224, 1024, 1, 55),
+    ],
+)
+def test_arrow_batch_rows_round_down_to_whole_model_calls(image_size, max_rows, multiple_of, expected):
+    rows = arrow_batch_rows(image_size=image_size, target_bytes=33_554_432, max_rows=max_rows, multiple_of=multiple_of)
+    assert rows == expected
