@@ -169,7 +169,7 @@ def test_an_item_whose_stock_flips_leaves_and_reenters_display_lists(spark):
     state, catalog = frames(spark, night2)
     previous = {name: spark.createDataFrame(pdf, table.spark_schema) for name, (table, pdf) in before.items()}
     increment = Increment(changed=spark.createDataFrame([(item_id,)], "item_id string"), previous=previous)
-    parts = {p.table.name: p for p in derived_tables(
+    parts = {p.table.name: p.materialised() for p in derived_tables(
         spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id="night-2", catalog_version=1,
         increment=increment,
     )}

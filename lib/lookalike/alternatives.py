@@ -12,7 +12,7 @@ merged, so the change feed holds real changes only, and the tables equal a full 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -48,7 +48,7 @@ class Increment:
     ----------
     changed : DataFrame
         ``item_id`` of every item whose embeddings row or catalog row changed since the
-        published run, deleted items included.
+        published run, deleted items included, each once (a small local frame: it is broadcast).
     previous : Mapping[str, DataFrame]
         The published content of every derived table, by table name.
     """
@@ -62,7 +62,8 @@ class DerivedRows:
     """A derived table's rows for this run.
 
     ``incremental`` false: ``rows`` is the table's whole content. True: ``rows`` holds only what
-    changes, with the ``_delete`` column (true: remove the row), for ``publish.apply_changes``.
+    changes, with the ``_delete`` column (true: remove the row), for ``publish.apply_changes``;
+    call ``materialised()`` before merging them, and ``release()`` once merged.
     """
 
     table: TableSchema
@@ -70,9 +71,22 @@ class DerivedRows:
     incremental: bool
     lists_recomputed: int | None = None
     cached: DataFrame | None = None
+    counter: Any = None
+
+    def materialised(self) -> "DerivedRows":
+        """These rows cached and counted, with ``lists_recomputed`` read; whole tables are returned as they are.
+
+        The MERGE reads its source twice, and each reading would run the Python lists again.
+        """
+        if not self.incremental or self.cached is not None:
+            return self
+        rows = self.rows.persist()
+        rows.count()
+        recomputed = None if self.counter is None else int(self.counter.value)
+        return replace(self, rows=rows, cached=rows, lists_recomputed=recomputed)
 
     def release(self) -> None:
-        """Drop the cached recomputed lists (once ``rows`` are merged)."""
+        """Drop the cached rows (once they are merged)."""
         if self.cached is not None:
             self.cached.unpersist()
 
@@ -413,7 +427,7 @@ def _with_increment(
     ``_previous_list``: the published list's rows (content columns, by rank), to compare with.
     """
     previous = increment.previous[table.name]
-    changed = increment.changed.select("item_id").distinct()
+    changed = increment.changed.select("item_id")
     holding = previous.join(changed.withColumnRenamed("item_id", neighbour), neighbour, "left_semi").select("item_id")
     must = changed.unionByName(holding).distinct().withColumn(MUST_RECOMPUTE, F.lit(True))
     content = [c for c in table.column_names if c not in _NOT_CONTENT]  # rank first: sorted by rank
@@ -683,7 +697,7 @@ def misclassified_changes(
         The table's columns plus ``_delete`` (true: the item is no longer listed).
     """
     previous = increment.previous[MISCLASSIFIED_ITEMS.name]
-    changed = increment.changed.select("item_id").distinct()
+    changed = increment.changed.select("item_id")
     new = misclassified_items(state.join(changed, "item_id", "left_semi"), classes=classes, run_id=run_id,
                               catalog_version=catalog_version)
     content = [c for c in MISCLASSIFIED_ITEMS.column_names if c not in ("run_id", "catalog_version")]
@@ -714,9 +728,8 @@ def derived_tables(
     Returns
     -------
     list of DerivedRows
-        Each table's whole content (no ``increment``), or the rows that change (with ``increment``).
-        With ``increment``, the recomputed lists are cached: call ``DerivedRows.release()`` once
-        they are merged.
+        Each table's whole content (no ``increment``), or the rows that change (with ``increment``):
+        ``DerivedRows.materialised()`` computes and caches the rows that change, ``DerivedRows.release()`` drops them once they are merged.
     """
     settings = config["alternatives"]
     block_rows = int(config["index"]["block_rows"])
@@ -748,18 +761,12 @@ def derived_tables(
     gone = increment.changed.select("item_id").join(state.select("item_id"), "item_id", "left_anti")
     for table, rows in lists:
         removed = increment.previous[table.name].join(gone, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(True))
-        # Cached and counted once: the MERGE reads its source twice, and each reading would run
-        # the Python lists again.
-        changes = rows.unionByName(removed).persist()
-        changes.count()
-        out.append(DerivedRows(table, changes, incremental=True, lists_recomputed=int(counters[table.name].value),
-                               cached=changes))
+        out.append(DerivedRows(table, rows.unionByName(removed), incremental=True, counter=counters[table.name]))
     misclassified = misclassified_changes(
         state, classes=classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
-    ).persist()
-    out.append(DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=True, cached=misclassified))
+    )
+    out.append(DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=True))
     return out
-
 
 __all__ = [
     "DerivedRows", "DisplayRules", "Increment", "cheaper_alternatives", "cross_category_items", "derived_tables",

@@ -10,6 +10,7 @@ published run with the same input does nothing; with different input it is refus
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
-from lookalike.alternatives import Increment, derived_tables
+from lookalike.alternatives import DerivedRows, Increment, derived_tables
 from lookalike.evaluation import record_index_recall, record_list_quality
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
@@ -46,8 +47,9 @@ from lookalike.publish import (
 )
 from lookalike.runs import StageTimer, record_run
 from lookalike.scoring import EmbedCounts, stage_embeddings
+from lookalike.session import run_concurrently
 from lookalike.tables import conform, ensure_table, read_table, register_tables, storage_root, table_path, table_version
-from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, QUARANTINE, REFRESH_RUNS, SIMILAR_ITEMS
+from schemas import ALL_TABLES, CATALOG, EMBEDDINGS, INDEX_RECALL, QUARANTINE, REFRESH_RUNS, SIMILAR_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +275,12 @@ def derived_increment(
             .load(table_path(config, CATALOG)).select("item_id")
         )
         changed = changed.unionByName(catalog_rows)
+    # Collected once (a night's changed ids are few): every derived table's plan joins them three
+    # times, and as a query each join would read the change feed and shuffle the ids again.
+    ids = sorted(row["item_id"] for row in changed.distinct().collect())
+    changed_ids = spark.createDataFrame([(item_id,) for item_id in ids], "item_id string")
     previous = {t.name: published_table(spark, config, t, publication) for t in DERIVED_TABLES}
-    return Increment(changed=changed.distinct(), previous=previous)
+    return Increment(changed=changed_ids, previous=previous)
 
 
 def account_for_rows(
@@ -339,6 +345,28 @@ def account_for_rows(
         {k[len("quarantined_"):]: int(v) for k, v in figures.items() if k.startswith("quarantined_")},
     )
     return figures
+
+
+def _publish_derived(
+    spark: SparkSession, config: Mapping[str, Any], *, part: DerivedRows, run_id: str, run_seq: int
+) -> dict[str, int]:
+    """Compute a derived table's rows for the run and merge them; the MERGE's row counts, with ``lists_recomputed``."""
+    part = part.materialised()
+    try:
+        if part.incremental:
+            merged = apply_changes(spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq)
+        else:
+            # Computed whole and merged row by row: only rows that changed are written.
+            content = [c for c in part.table.column_names if c not in LINEAGE_COLUMNS]
+            merged = replace_rows(
+                spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq,
+                app_id=f"lookalike.publish.{part.table.name}", compare=content,
+            )
+    finally:
+        part.release()
+    if part.lists_recomputed is not None:
+        merged["lists_recomputed"] = part.lists_recomputed
+    return merged
 
 
 def refresh(
@@ -473,7 +501,6 @@ def refresh(
                 spark, config, run_id=run_id, ingested=ingested, catalog_version=catalog_version,
                 published_items=published_items,
             )
-            derived_merges: dict[str, dict[str, int]] = {}
             increment = derived_increment(
                 spark, config, changes=changes, publication=publication, catalog_version=catalog_version,
                 settings_differ=bool({"alternatives", "display"} & set(changed_settings)),
@@ -482,35 +509,30 @@ def refresh(
                 spark, config, state=state, catalog=read_table(spark, config, CATALOG, version=catalog_version),
                 classes=manifest.classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
             )
-            try:
-                for part in derived:
-                    if part.incremental:
-                        merged = apply_changes(spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq)
-                    else:
-                        # Computed whole and merged row by row: only rows that changed are written.
-                        content = [c for c in part.table.column_names if c not in LINEAGE_COLUMNS]
-                        merged = replace_rows(
-                            spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq,
-                            app_id=f"lookalike.publish.{part.table.name}", compare=content,
-                        )
-                    if part.lists_recomputed is not None:
-                        merged["lists_recomputed"] = part.lists_recomputed
-                    derived_merges[part.table.name] = merged
-            finally:
-                for part in derived:
-                    part.release()
+            # One thread and session per table: one table's Python lists run while another's MERGE commits.
+            derived_merges = run_concurrently(
+                spark, {part.table.name: functools.partial(_publish_derived, config=config, part=part, run_id=run_id,
+                                                           run_seq=run_seq) for part in derived},
+            )
             progress.done(published_items)
     finally:
         state.unpersist()
     with timer.stage("publish"):
-        embeddings_merge = apply_changes(spark, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq)
-        lists_merge = apply_changes(spark, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq)
+        staged_recall = _staged(spark, f"{staging}/index_recall")
+        written = run_concurrently(spark, {
+            EMBEDDINGS.name: lambda session: apply_changes(
+                session, config, EMBEDDINGS, changes, run_id=run_id, run_seq=run_seq),
+            SIMILAR_ITEMS.name: lambda session: apply_changes(
+                session, config, SIMILAR_ITEMS, lists, run_id=run_id, run_seq=run_seq),
+            INDEX_RECALL.name: lambda session: record_index_recall(
+                session, config, staged_recall, run_id=run_id, run_seq=run_seq, model_version=manifest.version),
+            "lists_changed": lambda session: lists.select("item_id").distinct().count(),  # rewritten, shortened or removed
+        })
+        embeddings_merge, lists_merge, recall_rows = (
+            written[EMBEDDINGS.name], written[SIMILAR_ITEMS.name], written[INDEX_RECALL.name])
+        # Reads both merged tables.
         quality_partitions = record_list_quality(
             spark, config, run_id=run_id, run_seq=run_seq, model_version=manifest.version, catalog_version=catalog_version,
-        )
-        recall_rows = record_index_recall(
-            spark, config, _staged(spark, f"{staging}/index_recall"), run_id=run_id, run_seq=run_seq,
-            model_version=manifest.version,
         )
         figures: dict[str, float] = {
             "embeddings_inserted": embeddings_merge["inserted"],
@@ -519,7 +541,7 @@ def refresh(
             "list_rows_inserted": lists_merge["inserted"],
             "list_rows_updated": lists_merge["updated"],
             "list_rows_deleted": lists_merge["deleted"],
-            "lists_changed": lists.select("item_id").distinct().count(),  # rewritten, shortened or removed
+            "lists_changed": written["lists_changed"],
             "catalog_version": catalog_version,
             "list_quality_partitions": quality_partitions,
             "index_recall_rows": recall_rows,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
+from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
+
+T = TypeVar("T")
 
 # Set up by scripts/setup.sh (mvn); spark-submit.sh passes the same jars with --jars.
 JARS_DIR_ENV = "LOOKALIKE_JARS_DIR"
@@ -96,6 +100,59 @@ def build_spark(app_name: str, config: Mapping[str, Any], *, master: str | None 
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         builder = builder.config("spark.jars", ",".join(delta_jars()))
     return builder.getOrCreate()
+
+
+# Per-write session settings (lookalike.tables.idempotent_writes, publish._run_commit): never inherited.
+_WRITE_SETTINGS = (
+    "spark.databricks.delta.write.txnAppId",
+    "spark.databricks.delta.write.txnVersion",
+    "spark.databricks.delta.commitInfo.userMetadata",
+)
+
+
+def child_session(spark: SparkSession) -> SparkSession:
+    """A new session on ``spark``'s context with its SQL settings: own settings, shared cache, UDFs and catalog.
+
+    Delta reads a write's idempotency keys and commit metadata from the session's settings, so two
+    writes running at once each need a session of their own.
+    """
+    child = spark.newSession()
+    for key, value in spark.conf.getAll.items():
+        if key.startswith(("spark.sql.", "spark.databricks.")) and key not in _WRITE_SETTINGS and spark.conf.isModifiable(key):
+            child.conf.set(key, value)
+    return child
+
+
+def run_concurrently(
+    spark: SparkSession, tasks: Mapping[str, Callable[[SparkSession], T]], *, max_workers: int = 4
+) -> dict[str, T]:
+    """Run independent tasks at once, each in its own thread and ``child_session``; return their results by name.
+
+    The driver plans, commits and replays Delta logs for one task while the executors run
+    another's Spark jobs. Every task runs to its end; then the first failure, if any, is raised.
+
+    Parameters
+    ----------
+    tasks : Mapping[str, Callable[[SparkSession], T]]
+        Each is called with its own session; they must not write the same table.
+    max_workers : int
+        Tasks running at once.
+
+    Returns
+    -------
+    dict
+        Each task's result, under its name.
+    """
+    if len(tasks) <= 1:
+        return {name: task(spark) for name, task in tasks.items()}
+    sessions = {name: child_session(spark) for name in tasks}
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(tasks)), thread_name_prefix="lookalike") as pool:
+        # inheritable_thread_target: the thread's Spark jobs keep the caller's job group and properties.
+        futures = {name: pool.submit(inheritable_thread_target(task), sessions[name]) for name, task in tasks.items()}
+    failures = [f.exception() for f in futures.values() if f.exception() is not None]
+    if failures:
+        raise failures[0]
+    return {name: future.result() for name, future in futures.items()}
 
 
 def _print_submit_conf() -> None:
