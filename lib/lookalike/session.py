@@ -147,8 +147,9 @@ def run_concurrently(
         return {name: task(spark) for name, task in tasks.items()}
     sessions = {name: child_session(spark) for name in tasks}
     with ThreadPoolExecutor(max_workers=min(max_workers, len(tasks)), thread_name_prefix="lookalike") as pool:
-        # inheritable_thread_target: the thread's Spark jobs keep the caller's job group and properties.
-        futures = {name: pool.submit(inheritable_thread_target(task), sessions[name]) for name, task in tasks.items()}
+        # The threads' Spark jobs keep the caller's job group, local properties and session tags.
+        inherit = inheritable_thread_target(spark)
+        futures = {name: pool.submit(inherit(task), sessions[name]) for name, task in tasks.items()}
     failures = [f.exception() for f in futures.values() if f.exception() is not None]
     if failures:
         raise failures[0]
