@@ -123,6 +123,10 @@ def child_session(spark: SparkSession) -> SparkSession:
     return child
 
 
+def _unchanged(task: Callable[..., T]) -> Callable[..., T]:
+    return task
+
+
 def run_concurrently(
     spark: SparkSession, tasks: Mapping[str, Callable[[SparkSession], T]], *, max_workers: int = 4
 ) -> dict[str, T]:
@@ -149,6 +153,8 @@ def run_concurrently(
     with ThreadPoolExecutor(max_workers=min(max_workers, len(tasks)), thread_name_prefix="lookalike") as pool:
         # The threads' Spark jobs keep the caller's job group, local properties and session tags.
         inherit = inheritable_thread_target(spark)
+        if isinstance(inherit, SparkSession):  # PYSPARK_PIN_THREAD=false: PySpark hands the session back, nothing to carry over
+            inherit = _unchanged
         futures = {name: pool.submit(inherit(task), sessions[name]) for name, task in tasks.items()}
     failures = [f.exception() for f in futures.values() if f.exception() is not None]
     if failures:
