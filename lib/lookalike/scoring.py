@@ -45,8 +45,8 @@ def _scorer_for(manifest: ModelManifest, tf_threads: int) -> Any:
             content = check_scorer_bytes(handle.read(), manifest)
         model = load_scorer_from_bytes(content)
         size = manifest.image_size
-        # A graph, traced once for every call size: op by op (eager), Lite0 at 224 px held 5.4 GB for
-        # 55 photos and scored 33 photos/s; as a graph 1.4 GB and 49 photos/s (docs/RELIABILITY.md).
+        # A graph, traced once: called op by op (eager) on 55 photos, Lite0 at 224 px held 5.5 GB and
+        # scored 25 photos/s; as a graph in calls of 16, 1.0 GB and 47 photos/s (benchmarks/model_calls.py).
         _SCORERS[manifest.version] = tf.function(
             lambda images: model(images, training=False),
             input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
@@ -95,7 +95,7 @@ def configured_batch_rows(config: Mapping[str, Any], *, image_size: int) -> int:
     )
 
 
-def make_score_udf(manifest: ModelManifest, *, tf_threads: int, model_batch_rows: int = 64) -> Callable[..., Column]:
+def make_score_udf(manifest: ModelManifest, *, tf_threads: int, model_batch_rows: int = 16) -> Callable[..., Column]:
     """A scalar-iterator pandas UDF: photo bytes -> predicted category, confidence, unit embedding.
 
     The scorer file must have been shipped to the executors first (``model_store.ship_scorer``).
