@@ -40,6 +40,7 @@ def _measure(bundle: str, photos: int, call: int, graph: bool, source: str) -> d
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from lookalike.images import decode_batch
     from lookalike.model_store import load_scorer_from_bytes
+    from lookalike.scoring import score_in_calls
 
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     size = int(manifest["image_size"])
@@ -53,10 +54,9 @@ def _measure(bundle: str, photos: int, call: int, graph: bool, source: str) -> d
         traced = lambda x: model(x, training=False)  # noqa: E731 -- the eager baseline
 
     def embed(batch: np.ndarray) -> np.ndarray:
-        padded = -len(batch) % call if graph else 0
-        calls = np.concatenate([batch, np.zeros((padded, *batch.shape[1:]), batch.dtype)]) if padded else batch
-        out = [np.asarray(traced(calls[s : s + call])["embedding"]) for s in range(0, len(calls), call)]
-        return np.concatenate(out)[: len(batch)]
+        if graph:  # as the scoring UDF calls it
+            return score_in_calls(traced, batch, call)["embedding"]
+        return np.concatenate([np.asarray(traced(batch[s : s + call])["embedding"]) for s in range(0, len(batch), call)])
 
     embed(images[:call])
     start = time.perf_counter()

@@ -95,6 +95,29 @@ def configured_batch_rows(config: Mapping[str, Any], *, image_size: int) -> int:
     )
 
 
+def score_in_calls(model: Callable[[Any], Mapping[str, Any]], images: np.ndarray, call_rows: int) -> dict[str, np.ndarray]:
+    """Run ``model`` on ``images`` in calls of exactly ``call_rows`` photos, the last padded with blank images.
+
+    Parameters
+    ----------
+    model : callable
+        Takes a float32 ``(call_rows, size, size, 3)`` batch, returns a mapping of output tensors.
+    images : numpy.ndarray
+        ``(n, size, size, 3)`` decoded photos.
+    call_rows : int
+        Photos per call.
+
+    Returns
+    -------
+    dict
+        Each output, ``n`` rows (the padding's dropped).
+    """
+    padded = -len(images) % call_rows
+    calls = np.concatenate([images, np.zeros((padded, *images.shape[1:]), images.dtype)]) if padded else images
+    outputs = [model(calls[start : start + call_rows].astype(np.float32)) for start in range(0, len(calls), call_rows)]
+    return {name: np.concatenate([np.asarray(out[name]) for out in outputs])[: len(images)] for name in outputs[0]}
+
+
 def make_score_udf(manifest: ModelManifest, *, tf_threads: int, model_batch_rows: int = 16) -> Callable[..., Column]:
     """A scalar-iterator pandas UDF: photo bytes -> predicted category, confidence, unit embedding.
 
@@ -134,14 +157,8 @@ def make_score_udf(manifest: ModelManifest, *, tf_threads: int, model_batch_rows
             embeddings: list[Any] = [None] * n
             ok = np.array([e is None for e in errors], dtype=bool)
             if ok.any():
-                padded = -len(images) % model_batch_rows
-                calls = np.concatenate([images, np.zeros((padded, *images.shape[1:]), images.dtype)]) if padded else images
-                outputs = [
-                    scorer(calls[start : start + model_batch_rows].astype(np.float32))
-                    for start in range(0, len(calls), model_batch_rows)
-                ]
-                probabilities = np.concatenate([np.asarray(out["probabilities"]) for out in outputs])[: len(images)]
-                vectors = np.concatenate([np.asarray(out["embedding"], dtype=np.float32) for out in outputs])[: len(images)]
+                out = score_in_calls(scorer, images, model_batch_rows)
+                probabilities, vectors = out["probabilities"], out["embedding"].astype(np.float32)
                 best = probabilities.argmax(axis=1)
                 category[ok] = classes[best]
                 confidence[ok] = probabilities[np.arange(len(best)), best]
