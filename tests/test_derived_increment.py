@@ -133,7 +133,27 @@ def test_incremental_rows_applied_to_last_night_equal_a_full_rebuild(spark, seed
     rng = np.random.default_rng(seed)
     night1 = night_one(rng, 90)
     night2, changed = night_two(rng, night1)
-    config = config_for(price_window)
+    assert_increment_rebuilds(spark, config_for(price_window), night1, night2, changed)
+
+
+def test_a_category_emptied_overnight_loses_every_list(spark):
+    """Every item of a category deleted or moved: its group has no rows tonight, only published lists to delete."""
+    rng = np.random.default_rng(4)
+    night1 = night_one(rng, 60)
+    night2 = {key: dict(value) for key, value in night1.items()}
+    emptied = [item_id for item_id, row in night1.items() if row["category"] == "Watches"]
+    assert len(emptied) >= 4
+    for position, item_id in enumerate(emptied):
+        if position % 2:
+            del night2[item_id]
+        else:
+            night2[item_id]["category"] = night2[item_id]["given_category"] = "Bags"
+    assert "Watches" not in {row["category"] for row in night2.values()}
+    assert_increment_rebuilds(spark, config_for("band"), night1, night2, set(emptied))
+
+
+def assert_increment_rebuilds(spark, config: dict, night1: dict, night2: dict, changed: set[str]) -> None:
+    """Night-2's incremental rows applied to night-1's tables equal night-2 computed whole, for every derived table."""
     before = whole(spark, config, night1, "night-1")
     after = whole(spark, config, night2, "night-2")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike.neighbours import best_per_row, bounded_block_rows, top_k_allowed
@@ -32,7 +32,7 @@ CHANGED = "_changed"                  # the item changed tonight: it may enter l
 MUST_RECOMPUTE = "_must"              # its list is recomputed: the item changed, or its list holds a changed item
 PREVIOUS_LENGTH = "_previous_length"  # rows of its published list
 LAST_KEY = "_last_key"                # ranking key of the last row of its published list
-PREVIOUS_LIST = "_previous_list"      # its published list rows (content columns, by rank)
+GROUP = "_group"                      # the category a published list row is grouped with: its item's current one
 # Columns that say which run wrote a list row, not what the list is.
 _NOT_CONTENT = ("item_id", "run_id", "catalog_version")
 # Published scores are float32: a changed item whose key is this close below a list's last key
@@ -55,6 +55,10 @@ class Increment:
 
     changed: DataFrame
     previous: Mapping[str, DataFrame]
+
+    def changed_ids(self) -> frozenset[str]:
+        """The changed item ids, on the driver (they go to the executors with the list functions)."""
+        return frozenset(row["item_id"] for row in self.changed.select("item_id").collect())
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,8 @@ def _empty(table: TableSchema) -> pd.DataFrame:
 
 
 def _list_changes(
-    group: pd.DataFrame, lists: pd.DataFrame, wanted: np.ndarray, table: TableSchema, run_id: str, catalog_version: int
+    group: pd.DataFrame, published: pd.DataFrame, lists: pd.DataFrame, wanted: np.ndarray, table: TableSchema,
+    run_id: str, catalog_version: int,
 ) -> pd.DataFrame:
     """The rows that turn the published lists of the recomputed rows into their new lists.
 
@@ -171,13 +176,8 @@ def _list_changes(
     the new list's end come back with ``_delete`` true. Compared column by column over all the
     group's lists at once (a published float32 score equals its recomputed float32 exactly).
     """
-    content = [c for c in table.column_names if c not in _NOT_CONTENT]
-    published = group[PREVIOUS_LIST].to_numpy()[wanted]
-    lengths = [0 if rows is None else len(rows) for rows in published]
-    old = pd.DataFrame.from_records(
-        [row for rows in published if rows is not None for row in rows], columns=content
-    )
-    old["item_id"] = np.repeat(group["item_id"].to_numpy()[wanted], lengths)
+    content = _content(table)
+    old = published.loc[published["item_id"].isin(group["item_id"].to_numpy()[wanted]), ["item_id", *content]]
     new = lists[["item_id", *content]]
     keys = ["item_id", "rank"]
     both = new.astype({"rank": np.int64}).merge(
@@ -193,24 +193,100 @@ def _list_changes(
     stale = old[old["item_id"].isin(differs)].merge(new[keys].astype({"rank": old["rank"].dtype}), on=keys, how="left",
                                                     indicator=True)
     stale = stale[stale["_merge"].eq("left_only")].drop(columns="_merge")
-    if len(stale):
-        stale = stale.assign(run_id=run_id, catalog_version=catalog_version, **{DELETE_FLAG: True})
-        out = pd.concat([out, stale[out.columns]], ignore_index=True)
-    return out
+    return pd.concat([out, _deletions(stale, out.columns, run_id, catalog_version)], ignore_index=True)
 
 
-def _finisher(
-    table: TableSchema, run_id: str, catalog_version: int, counter: Any
-) -> Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame]:
-    """What a list function returns for a group: every list (full runs), or only the changes (incremental runs)."""
-    def finish(group: pd.DataFrame, lists: pd.DataFrame, wanted: np.ndarray) -> pd.DataFrame:
-        if PREVIOUS_LIST not in group:
-            return lists
-        if counter is not None:
-            counter.add(len(wanted))
-        return _list_changes(group, lists, wanted, table, run_id, catalog_version)
+def _content(table: TableSchema) -> list[str]:
+    """A list table's columns that say what the list is (rank first)."""
+    return [c for c in table.column_names if c not in _NOT_CONTENT]
 
-    return finish
+
+def _score_key(published: pd.DataFrame) -> np.ndarray:
+    """The ranking key of a list ranked by score alone."""
+    return published["score"].to_numpy(dtype=np.float64)
+
+
+def _deletions(rows: pd.DataFrame, columns: Sequence[str], run_id: str, catalog_version: int) -> pd.DataFrame:
+    """Published list rows to remove, in the output columns (``_delete`` true)."""
+    return rows.assign(run_id=run_id, catalog_version=catalog_version, **{DELETE_FLAG: True}).reindex(columns=columns)
+
+
+@dataclass(frozen=True)
+class _PublishedLists:
+    """How a derived list table's published rows are read: the column of the listed item, and each row's ranking key."""
+
+    table: TableSchema
+    neighbour: str
+    ranking_key: Callable[[pd.DataFrame], np.ndarray]
+
+
+def _annotated(group: pd.DataFrame, published: pd.DataFrame, changed: frozenset[str], lists: _PublishedLists) -> pd.DataFrame:
+    """``group`` with the incremental columns, from its items' published lists and tonight's changed ids.
+
+    ``_changed``: the item changed. ``_must``: it changed, or its published list holds an item that
+    changed (or was deleted). ``_previous_length`` and ``_last_key``: its published list's length
+    and the ranking key of its last row (missing without a list).
+    """
+    ids = group["item_id"]
+    holding = published.loc[published[lists.neighbour].isin(changed), "item_id"]
+    last = published.assign(**{LAST_KEY: lists.ranking_key(published)}).sort_values(["item_id", "rank"]).groupby(
+        "item_id", sort=False
+    ).agg(length=("rank", "size"), last=(LAST_KEY, "last"))
+    return group.assign(**{
+        CHANGED: ids.isin(changed).to_numpy(),
+        MUST_RECOMPUTE: (ids.isin(changed) | ids.isin(holding)).to_numpy(),
+        PREVIOUS_LENGTH: ids.map(last["length"]).to_numpy(dtype=np.float64),
+        LAST_KEY: ids.map(last["last"]).to_numpy(dtype=np.float64),
+    })
+
+
+# A list function: a category's rows, sorted by item id, to the lists it computes and the rows they are of.
+ListsOf = Callable[[pd.DataFrame], tuple[pd.DataFrame, np.ndarray]]
+
+
+def _by_item(group: pd.DataFrame) -> pd.DataFrame:
+    return group.sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+def _lists_per_category(
+    rows: DataFrame, lists_of: ListsOf, published: _PublishedLists, *, run_id: str, catalog_version: int,
+    increment: Increment | None, categories: DataFrame, recomputed: Any,
+) -> DataFrame:
+    """``lists_of`` run on each category's rows: every list, or with ``increment`` only the rows that change.
+
+    Incremental runs co-group each category's rows with the published lists of its items (an item
+    moved tonight brings its lists to its new category; ``categories`` maps every current item to
+    its category), so no list is joined to its item in Spark: the published rows arrive flat.
+    Published lists of items no longer in the catalog are deleted in their category's group.
+    """
+    table = published.table
+    if increment is None:
+        return _conformed(rows.groupBy("category").applyInPandas(lambda group: lists_of(_by_item(group))[0], table.spark_schema),
+                          table, incremental=False)
+    changed = increment.changed_ids()
+    columns = ["item_id", *_content(table)]
+    previous = increment.previous[table.name].select(*columns).join(
+        F.broadcast(categories.select("item_id", F.col("category").alias(GROUP))), "item_id", "left"
+    ).withColumn(GROUP, F.coalesce(F.col(GROUP), F.col("category")))
+    output = list(_output_schema(table, incremental=True).fieldNames())
+
+    def changes(group: pd.DataFrame, published_rows: pd.DataFrame) -> pd.DataFrame:
+        out = []
+        if len(group):
+            group = _annotated(_by_item(group), published_rows, changed, published)
+            lists, wanted = lists_of(group)
+            if len(wanted):
+                if recomputed is not None:
+                    recomputed.add(len(wanted))
+                out.append(_list_changes(group, published_rows, lists, wanted, table, run_id, catalog_version)[output])
+        gone = published_rows[~published_rows["item_id"].isin(group["item_id"])]
+        out.append(_deletions(gone, output, run_id, catalog_version))
+        return pd.concat(out, ignore_index=True)
+
+    lists = rows.groupBy("category").cogroup(previous.groupBy(GROUP)).applyInPandas(
+        changes, _output_schema(table, incremental=True)
+    )
+    return _conformed(lists, table, incremental=True)
 
 
 def _output_schema(table: TableSchema, incremental: bool) -> Any:
@@ -225,13 +301,11 @@ def _untouched(group: pd.DataFrame) -> bool:
 
 def _cheaper_lists(
     k: int, in_stock_only: bool, max_discount_pct: float, block_rows: int, run_id: str, catalog_version: int,
-    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame],
-) -> Callable[[pd.DataFrame], pd.DataFrame]:
+) -> ListsOf:
     """Per category: each item's top-k among the items of the category priced below it (at most ``max_discount_pct`` below, if > 0)."""
-    def cheaper(group: pd.DataFrame) -> pd.DataFrame:
+    def cheaper(group: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         if _untouched(group):
-            return finish(group, _empty(CHEAPER_ALTERNATIVES), np.zeros(0, dtype=np.int64))
-        group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
+            return _empty(CHEAPER_ALTERNATIVES), np.zeros(0, dtype=np.int64)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
         price = group["price"].to_numpy(dtype=np.float64)
         buyable = _buyable(group, in_stock_only)
@@ -262,18 +336,16 @@ def _cheaper_lists(
                 **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
-        return finish(group, lists, wanted)
+        return lists, wanted
 
     return cheaper
 
 
 def _cross_category_lists(
     k: int, candidates: Any, block_rows: int, run_id: str, catalog_version: int,
-    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame],
-) -> Callable[[pd.DataFrame], pd.DataFrame]:
+) -> ListsOf:
     """Per category: each item's top-k among every item of the other categories (``candidates`` is broadcast)."""
-    def cross(group: pd.DataFrame) -> pd.DataFrame:
-        group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
+    def cross(group: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         ids, categories, prices, vectors, changed = candidates.value
         category = group["category"].iloc[0]
         other = categories != category
@@ -302,7 +374,7 @@ def _cross_category_lists(
                 **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
-        return finish(group, lists, wanted)
+        return lists, wanted
 
     return cross
 
@@ -348,14 +420,11 @@ def cheaper_alternatives(
     rows = state.select("category", "item_id", "embedding", "price", "price_band", "model_version").join(
         catalog.select("item_id", "in_stock"), "item_id", "left"
     )
-    if increment is not None:
-        rows = _with_increment(rows, increment, CHEAPER_ALTERNATIVES, neighbour="alternative_id", last_key=F.col("score"))
-    finish = _finisher(CHEAPER_ALTERNATIVES, run_id, catalog_version, recomputed)
-    lists = rows.groupBy("category").applyInPandas(
-        _cheaper_lists(k, in_stock_only, max_discount_pct, block_rows, run_id, catalog_version, finish),
-        _output_schema(CHEAPER_ALTERNATIVES, increment is not None),
+    return _lists_per_category(
+        rows, _cheaper_lists(k, in_stock_only, max_discount_pct, block_rows, run_id, catalog_version),
+        _PublishedLists(CHEAPER_ALTERNATIVES, "alternative_id", _score_key), run_id=run_id,
+        catalog_version=catalog_version, increment=increment, categories=state, recomputed=recomputed,
     )
-    return _conformed(lists, CHEAPER_ALTERNATIVES, increment is not None)
 
 
 def cross_category_items(
@@ -389,24 +458,21 @@ def cross_category_items(
     DataFrame
         In the ``cross_category_items`` schema.
     """
-    rows = state.select("category", "item_id", "embedding", "model_version", "price")
-    if increment is not None:
-        rows = _with_increment(rows, increment, CROSS_CATEGORY_ITEMS, neighbour="neighbour_id", last_key=F.col("score"))
-    changed = F.coalesce(F.col(CHANGED), F.lit(False)) if increment is not None else F.lit(False)
-    columns = rows.select("item_id", "category", "price", "embedding", changed.alias(CHANGED)).orderBy("item_id").toPandas()
+    rows = state.select("category", "item_id", "embedding", "model_version")
+    columns = state.select("item_id", "category", "price", "embedding").orderBy("item_id").toPandas()
     vectors = (
         np.stack(columns["embedding"].to_numpy()).astype(np.float32) if len(columns) else np.zeros((0, 0), np.float32)
     )
+    changed = increment.changed_ids() if increment is not None else frozenset()
     candidates = spark.sparkContext.broadcast((
         columns["item_id"].to_numpy(), columns["category"].to_numpy(), columns["price"].to_numpy(np.float64),
-        vectors, columns[CHANGED].to_numpy(dtype=bool),
+        vectors, columns["item_id"].isin(changed).to_numpy(dtype=bool),
     ))
-    finish = _finisher(CROSS_CATEGORY_ITEMS, run_id, catalog_version, recomputed)
-    lists = rows.drop("price").groupBy("category").applyInPandas(
-        _cross_category_lists(k, candidates, block_rows, run_id, catalog_version, finish),
-        _output_schema(CROSS_CATEGORY_ITEMS, increment is not None),
+    return _lists_per_category(
+        rows, _cross_category_lists(k, candidates, block_rows, run_id, catalog_version),
+        _PublishedLists(CROSS_CATEGORY_ITEMS, "neighbour_id", _score_key), run_id=run_id,
+        catalog_version=catalog_version, increment=increment, categories=state, recomputed=recomputed,
     )
-    return _conformed(lists, CROSS_CATEGORY_ITEMS, increment is not None)
 
 
 def _conformed(lists: DataFrame, table: TableSchema, incremental: bool) -> DataFrame:
@@ -414,32 +480,6 @@ def _conformed(lists: DataFrame, table: TableSchema, incremental: bool) -> DataF
     if not incremental:
         return conform(lists, table)
     return lists.select(*[lists[c.name].cast(c.data_type).alias(c.name) for c in table.columns], DELETE_FLAG)
-
-
-def _with_increment(
-    rows: DataFrame, increment: Increment, table: TableSchema, *, neighbour: str, last_key: Column
-) -> DataFrame:
-    """``rows`` with the incremental columns for ``table``'s lists.
-
-    ``_changed``: the item changed. ``_must``: it changed, or its published list holds an item that
-    changed (or was deleted). ``_previous_length`` and ``_last_key``: its published list's length
-    and the ranking key (``last_key``, over the published rows) of its last row.
-    ``_previous_list``: the published list's rows (content columns, by rank), to compare with.
-    """
-    previous = increment.previous[table.name]
-    changed = increment.changed.select("item_id")
-    holding = previous.join(changed.withColumnRenamed("item_id", neighbour), neighbour, "left_semi").select("item_id")
-    must = changed.unionByName(holding).distinct().withColumn(MUST_RECOMPUTE, F.lit(True))
-    content = [c for c in table.column_names if c not in _NOT_CONTENT]  # rank first: sorted by rank
-    last = previous.groupBy("item_id").agg(
-        F.count("*").alias(PREVIOUS_LENGTH), F.max_by(last_key, "rank").cast("double").alias(LAST_KEY),
-        F.sort_array(F.collect_list(F.struct("rank", *[c for c in content if c != "rank"]))).alias(PREVIOUS_LIST),
-    )
-    return (
-        rows.join(changed.withColumn(CHANGED, F.lit(True)), "item_id", "left")
-        .join(must, "item_id", "left")
-        .join(last, "item_id", "left")
-    )
 
 
 # fill_source of each tier (0 = the item's own partition), by display.price_window.
@@ -543,18 +583,16 @@ def _pick(
 
 def _display_lists(
     rules: DisplayRules, block_rows: int, run_id: str, catalog_version: int,
-    finish: Callable[[pd.DataFrame, pd.DataFrame, np.ndarray], pd.DataFrame],
-) -> Callable[[pd.DataFrame], pd.DataFrame]:
+) -> ListsOf:
     """Per category: each item's look-alikes under the shop's rules, nearer tiers first."""
     names = np.array(_TIER_NAMES[rules.price_window])
     last_tier = 2 if rules.fill else 0
     # Candidates looked at before falling back to the whole category: room for duplicates and capped brands.
     pool = 4 * rules.k + 16
 
-    def display(group: pd.DataFrame) -> pd.DataFrame:
+    def display(group: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         if _untouched(group):
-            return finish(group, _empty(DISPLAY_LOOKALIKES), np.zeros(0, dtype=np.int64))
-        group = group.sort_values("item_id", kind="stable").reset_index(drop=True)
+            return _empty(DISPLAY_LOOKALIKES), np.zeros(0, dtype=np.int64)
         n = len(group)
         vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
         price = group["price"].to_numpy(dtype=np.float64)
@@ -610,7 +648,7 @@ def _display_lists(
                 **_scored_lineage(group, query_rows, scores.astype(np.float32), run_id, catalog_version),
             }
         )
-        return finish(group, lists, wanted)
+        return lists, wanted
 
     return display
 
@@ -655,18 +693,17 @@ def display_lookalikes(
     rows = state.select(
         "category", "item_id", "embedding", "price", "price_band", "image_hash", "model_version"
     ).join(catalog.select("item_id", "brand", "in_stock"), "item_id", "left")
-    if increment is not None:
-        names = _TIER_NAMES[rules.price_window]
-        tier = F.when(F.col("fill_source") == names[0], 0).when(F.col("fill_source") == names[1], 1).otherwise(2)
-        rows = _with_increment(
-            rows, increment, DISPLAY_LOOKALIKES, neighbour="neighbour_id", last_key=F.col("score") - _TIER_GAP * tier
-        )
-    finish = _finisher(DISPLAY_LOOKALIKES, run_id, catalog_version, recomputed)
-    lists = rows.groupBy("category").applyInPandas(
-        _display_lists(rules, block_rows, run_id, catalog_version, finish),
-        _output_schema(DISPLAY_LOOKALIKES, increment is not None),
+    names = _TIER_NAMES[rules.price_window]
+
+    def walk_key(published: pd.DataFrame) -> np.ndarray:
+        tier = np.select([published["fill_source"] == names[0], published["fill_source"] == names[1]], [0, 1], 2)
+        return published["score"].to_numpy(dtype=np.float64) - _TIER_GAP * tier
+
+    return _lists_per_category(
+        rows, _display_lists(rules, block_rows, run_id, catalog_version),
+        _PublishedLists(DISPLAY_LOOKALIKES, "neighbour_id", walk_key), run_id=run_id,
+        catalog_version=catalog_version, increment=increment, categories=state, recomputed=recomputed,
     )
-    return _conformed(lists, DISPLAY_LOOKALIKES, increment is not None)
 
 
 def misclassified_items(state: DataFrame, *, classes: Sequence[str], run_id: str, catalog_version: int) -> DataFrame:
@@ -756,12 +793,7 @@ def derived_tables(
         return [DerivedRows(table, rows, incremental=False) for table, rows in lists] + [
             DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=False)
         ]
-    out = []
-    # Items gone from the catalog are in no group: their published lists are deleted here.
-    gone = increment.changed.select("item_id").join(state.select("item_id"), "item_id", "left_anti")
-    for table, rows in lists:
-        removed = increment.previous[table.name].join(gone, "item_id", "left_semi").withColumn(DELETE_FLAG, F.lit(True))
-        out.append(DerivedRows(table, rows.unionByName(removed), incremental=True, counter=counters[table.name]))
+    out = [DerivedRows(table, rows, incremental=True, counter=counters[table.name]) for table, rows in lists]
     misclassified = misclassified_changes(
         state, classes=classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
     )
