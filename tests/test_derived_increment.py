@@ -207,3 +207,30 @@ def test_an_item_whose_stock_flips_leaves_and_reenters_display_lists(spark):
     finally:
         for part in parts.values():
             part.release()
+
+
+def test_a_night_with_nothing_changed_stages_no_row_and_recomputes_no_list(spark):
+    """No changed id: every derived table stages no row, and no list is recomputed."""
+    rng = np.random.default_rng(6)
+    night1 = night_one(rng, 40)
+    config = config_for("band")
+    before = whole(spark, config, night1, "night-1")
+    state, catalog = frames(spark, night1)
+    previous = {name: spark.createDataFrame(pdf, table.spark_schema) for name, (table, pdf) in before.items()}
+    increment = Increment(changed=spark.createDataFrame([], "item_id string"), previous=previous)
+    parts = [p.materialised() for p in derived_tables(
+        spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id="night-2", catalog_version=1,
+        increment=increment,
+    )]
+    try:
+        assert {p.table.name for p in parts} == set(before)
+        for part in parts:
+            assert part.incremental
+            assert part.rows.columns == [*part.table.column_names, DELETE_FLAG]
+            assertDataFrameEqual(part.rows, spark.createDataFrame([], part.rows.schema))
+        assert {p.table.name: p.lists_recomputed for p in parts} == {
+            "cheaper_alternatives": 0, "cross_category_items": 0, "display_lookalikes": 0, "misclassified_items": None,
+        }
+    finally:
+        for part in parts:
+            part.release()

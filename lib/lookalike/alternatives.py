@@ -773,6 +773,14 @@ def derived_tables(
     incremental = increment is not None
     counters = {t.name: spark.sparkContext.accumulator(0) if incremental else None
                 for t in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES)}
+    if incremental and not increment.changed_ids():
+        # Every list is a function of the items' rows and the settings: none changed, none moves.
+        log.info("alternatives: no item changed since the published run: every derived list is kept")
+        return [
+            DerivedRows(table, spark.createDataFrame([], _output_schema(table, incremental=True)), incremental=True,
+                        counter=counters.get(table.name))
+            for table in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS)
+        ]
     lists = [
         (CHEAPER_ALTERNATIVES, cheaper_alternatives(
             state, catalog, k=int(settings["cheaper_k"]), in_stock_only=bool(settings["cheaper_in_stock_only"]),

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -351,7 +352,9 @@ def _publish_derived(
     spark: SparkSession, config: Mapping[str, Any], *, part: DerivedRows, run_id: str, run_seq: int
 ) -> dict[str, int]:
     """Compute a derived table's rows for the run and merge them; the MERGE's row counts, with ``lists_recomputed``."""
+    started = time.perf_counter()
     part = part.materialised()
+    computed = time.perf_counter()
     try:
         if part.incremental:
             merged = apply_changes(spark, config, part.table, part.rows, run_id=run_id, run_seq=run_seq)
@@ -364,6 +367,13 @@ def _publish_derived(
             )
     finally:
         part.release()
+    if part.incremental:
+        recomputed = "" if part.lists_recomputed is None else f"{part.lists_recomputed} lists recomputed, "
+        log.info("alternatives: %s: %schanged rows computed in %.1f s, merged in %.1f s %s", part.table.name,
+                 recomputed, computed - started, time.perf_counter() - computed, merged)
+    else:
+        log.info("alternatives: %s: computed whole and merged in %.1f s %s", part.table.name,
+                 time.perf_counter() - started, merged)
     if part.lists_recomputed is not None:
         merged["lists_recomputed"] = part.lists_recomputed
     return merged
