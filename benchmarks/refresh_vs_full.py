@@ -1,6 +1,6 @@
 """Benchmark: a nightly refresh with ~1% of items changed vs. a full build of the same catalog.
 
-    ./spark-submit.sh benchmarks/refresh_vs_full.py [--fraction 0.01] [--models-from lookalike-data/models]
+    ./spark-submit.sh benchmarks/refresh_vs_full.py [--fraction 0.01] [--models-from lookalike-data/models] [--copies N]
 
 In one Spark session, on the demo photos:
 1. warm-up: a full build of night-1 (all photos but a few spares) in store A -- also the state
@@ -12,7 +12,9 @@ In one Spark session, on the demo photos:
    after the comparison: the fixed cost of a refresh, whatever the share of items changed.
 Both timed runs are warm (same Python workers, JIT). It prints both times, their ratio
 (target <= 0.10) and whether the two stores' published tables are equal (floats within 1e-5). Training is not timed:
-the model is copied from ``--models-from`` or trained once on night-1 first.
+the model is copied from ``--models-from`` or trained once on night-1 first. ``--copies N`` (2-4)
+runs it on a catalog N times the demo's: every item also as variant photos of its own (mirrored,
+cropped; ``demo_catalog.scaled_catalog``), to see how the ratio moves with the catalog's size.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from pyspark.sql import functions as F
 
 from lookalike.cli import setup_logging
 from lookalike.config import load_config
-from lookalike.demo_catalog import build_demo_catalog, nightly_changes, read_catalog_csv, write_catalog_csv
+from lookalike.demo_catalog import (
+    build_demo_catalog, nightly_changes, read_catalog_csv, scaled_catalog, write_catalog_csv,
+)
 from lookalike.publish import PUBLISHED_KEYS, PUBLISHED_TABLES, published_table
 from lookalike.refresh import refresh
 from lookalike.session import build_spark
@@ -75,6 +79,8 @@ def main() -> None:
     parser.add_argument("--source-dir", default="../shared/data/fashion-products")
     parser.add_argument("--fraction", type=float, default=0.01, help="share of items changed in night-2")
     parser.add_argument("--work", default="lookalike-data/benchmark-refresh", help="folder for the two stores (emptied)")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="catalog size in demo catalogs (2-4: variant photos of every item added; see scaled_catalog)")
     parser.add_argument("--models-from", default=None, help="a models/ folder to copy (default: train on night-1)")
     parser.add_argument("--profile", default="local")
     parser.add_argument("--conf-dir", default="conf")
@@ -86,6 +92,9 @@ def main() -> None:
     source = Path(args.source_dir).resolve()
     build_demo_catalog(source, work / "all.csv", seed=20261121)
     rows = read_catalog_csv(work / "all.csv")
+    if args.copies > 1:
+        rows = scaled_catalog(rows, source, work / "photos", copies=args.copies, seed=20261121)
+        source = work / "photos"
     spares = max(2, int(round(args.fraction * len(rows) / 3)) + 2)
     night1, spare = rows[:-spares], [r["image_uri"] for r in rows[-spares:]]
     night2, affected = nightly_changes(night1, spare, fraction=args.fraction, seed=7)
@@ -118,6 +127,7 @@ def main() -> None:
     unchanged_seconds = time.perf_counter() - start
     changed = sum(len(v) for v in affected.values())
     report = {
+        "copies": args.copies,
         "items_night2": len(night2),
         "items_changed": changed,
         "changes": {kind: len(ids) for kind, ids in affected.items()},

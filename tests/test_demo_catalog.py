@@ -153,3 +153,40 @@ def test_item_ids_filter(demo, photo_subset, tmp_path):
     assert all(r == full[r["item_id"]] for r in subset)
     assert build_demo_catalog(photo_subset, tmp_path / "none.csv", seed=SEED, item_ids=[]) == 0
     assert read_rows(tmp_path / "none.csv") == []
+
+
+def test_scaled_catalog_adds_distinct_variant_photos(demo, photo_subset, tmp_path):
+    """copies=4: every item three more times, as mirrored / cropped / both photos of its own, same labels."""
+    import numpy as np
+    from PIL import Image
+
+    from lookalike.demo_catalog import scaled_catalog
+
+    _, rows, _ = demo
+    originals = rows[:3]
+    scaled = scaled_catalog(originals, photo_subset, tmp_path / "photos", copies=4, seed=SEED)
+    assert [r["item_id"] for r in scaled] == [r["item_id"] for r in originals] + [
+        f"{r['item_id']}-v{copy}" for copy in (2, 3, 4) for r in originals
+    ]
+    photos = [(tmp_path / "photos" / r["image_uri"]).read_bytes() for r in scaled]
+    assert len(set(photos)) == len(photos)
+    assert photos[:3] == [(photo_subset / r["image_uri"]).read_bytes() for r in originals]
+    for variant in scaled[3:]:
+        original = next(r for r in originals if variant["item_id"].startswith(r["item_id"] + "-v"))
+        assert {k: variant[k] for k in ("category", "article_type", "title", "brand")} == {
+            k: original[k] for k in ("category", "article_type", "title", "brand")
+        }
+        assert re.fullmatch(r"\d+9\.00", variant["price"]) and variant["in_stock"] in ("true", "false")
+
+    def pixels(path: Path) -> np.ndarray:
+        with Image.open(path) as photo:
+            return np.asarray(photo.convert("RGB"), dtype=np.float64)
+
+    for position, original in enumerate(originals):
+        photo = pixels(photo_subset / original["image_uri"])
+        mirrored = pixels(tmp_path / "photos" / scaled[3 + position]["image_uri"])
+        # JPEG re-encoding moves pixels a little: the variant matches the mirror image far better than the photo.
+        assert np.abs(mirrored - photo[:, ::-1]).mean() < 0.5 * np.abs(mirrored - photo).mean()
+        assert pixels(tmp_path / "photos" / scaled[6 + position]["image_uri"]).shape == photo.shape
+    with pytest.raises(ValueError, match="copies must be between 1 and 4"):
+        scaled_catalog(originals, photo_subset, tmp_path / "other", copies=5, seed=SEED)

@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 
 UPDATED_AT = "2026-11-01T00:00:00Z"
+IN_STOCK_RATE = 0.95
 CATALOG_COLUMNS = ("item_id", "image_uri", "price", "category", "article_type", "title", "brand", "in_stock", "updated_at")
 
 
@@ -35,12 +36,20 @@ def synthetic_price(item_id: str, article_type: str | None, *, seed: int) -> flo
     return float(max(99, int(round(base * factor / 10.0)) * 10 - 1))
 
 
+def _price_and_stock(item_id: str, article_type: str, *, seed: int, in_stock_rate: float) -> dict[str, str]:
+    """An item's synthetic ``price`` and ``in_stock`` catalog fields."""
+    return {
+        "price": f"{synthetic_price(item_id, article_type, seed=seed):.2f}",
+        "in_stock": str(bool(_rng(seed, f"stock:{item_id}").random() < in_stock_rate)).lower(),
+    }
+
+
 def build_demo_catalog(
     source_dir: Path | str,
     out_path: Path | str,
     *,
     seed: int,
-    in_stock_rate: float = 0.95,
+    in_stock_rate: float = IN_STOCK_RATE,
     item_ids: Iterable[str] | None = None,
 ) -> int:
     """Write a catalog CSV for the photos in ``source_dir/images`` with ``source_dir/labels.csv``.
@@ -83,13 +92,12 @@ def build_demo_catalog(
                 {
                     "item_id": item_id,
                     "image_uri": f"images/{item_id}.jpg",
-                    "price": f"{synthetic_price(item_id, article_type, seed=seed):.2f}",
                     "category": label.get("subCategory") or "",
                     "article_type": article_type,
                     "title": title,
                     "brand": title.split(" ")[0] if title else "",
-                    "in_stock": str(bool(_rng(seed, f"stock:{item_id}").random() < in_stock_rate)).lower(),
                     "updated_at": UPDATED_AT,
+                    **_price_and_stock(item_id, article_type, seed=seed, in_stock_rate=in_stock_rate),
                 }
             )
     return len(ids)
@@ -151,6 +159,64 @@ def nightly_changes(
         affected["new_item"].append(item_id)
     gone = set(affected["deleted"])
     return [r for r in out if r["item_id"] not in gone], affected
+
+
+VARIANT_TRANSFORMS = ("mirrored", "cropped", "mirrored and cropped")
+
+
+def scaled_catalog(
+    rows: list[dict[str, str]], source_dir: Path | str, out_dir: Path | str, *, copies: int, seed: int
+) -> list[dict[str, str]]:
+    """A catalog ``copies`` times the size of ``rows``, for benchmarks: every photo also as new variant photos.
+
+    Copies the photos of ``rows`` to ``out_dir/images`` and writes, per extra copy, each photo
+    mirrored, cropped by 8 % on every side, or both (``VARIANT_TRANSFORMS``, in turn), as a new
+    item ``<item_id>-v<copy>`` of the same category and type, with its own synthetic price and
+    stock flag. The variants are distinct files (other hashes, other embeddings), so a full build
+    scores every one of them. ``image_uri`` values are relative to ``out_dir``.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Catalog rows (``CATALOG_COLUMNS``) whose ``image_uri`` is relative to ``source_dir``.
+    copies : int
+        1 to 4: the original and up to three variants of each item.
+    seed : int
+        Seed of the variants' synthetic prices and stock flags.
+
+    Returns
+    -------
+    list of dict
+        The originals, then the variants of copy 2, 3, ...
+    """
+    from PIL import Image, ImageOps
+
+    if not 1 <= copies <= len(VARIANT_TRANSFORMS) + 1:
+        raise ValueError(f"copies must be between 1 and {len(VARIANT_TRANSFORMS) + 1}, not {copies}")
+    source, images = Path(source_dir), Path(out_dir) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    out = []
+    for row in rows:
+        target = images / Path(row["image_uri"]).name
+        target.write_bytes((source / row["image_uri"]).read_bytes())
+        out.append({**row, "image_uri": f"images/{target.name}"})
+    for copy in range(2, copies + 1):
+        transform = VARIANT_TRANSFORMS[copy - 2]
+        for row in rows:
+            item_id = f"{row['item_id']}-v{copy}"
+            with Image.open(source / row["image_uri"]) as photo:
+                variant = photo.convert("RGB")
+            if "cropped" in transform:
+                dx, dy = int(variant.width * 0.08), int(variant.height * 0.08)
+                variant = variant.crop((dx, dy, variant.width - dx, variant.height - dy)).resize(photo.size)
+            if "mirrored" in transform:
+                variant = ImageOps.mirror(variant)
+            variant.save(images / f"{item_id}.jpg", quality=90)
+            out.append({
+                **row, "item_id": item_id, "image_uri": f"images/{item_id}.jpg",
+                **_price_and_stock(item_id, row["article_type"], seed=seed, in_stock_rate=IN_STOCK_RATE),
+            })
+    return out
 
 
 def read_catalog_csv(path: Path | str) -> list[dict[str, str]]:
