@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from PIL import Image, ImageOps
 
 UPDATED_AT = "2026-11-01T00:00:00Z"
 IN_STOCK_RATE = 0.95
@@ -189,8 +190,6 @@ def scaled_catalog(
     list of dict
         The originals, then the variants of copy 2, 3, ...
     """
-    from PIL import Image, ImageOps
-
     if not 1 <= copies <= len(VARIANT_TRANSFORMS) + 1:
         raise ValueError(f"copies must be between 1 and {len(VARIANT_TRANSFORMS) + 1}, not {copies}")
     source, images = Path(source_dir), Path(out_dir) / "images"
