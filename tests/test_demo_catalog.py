@@ -8,9 +8,11 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from lookalike.demo_catalog import CATALOG_COLUMNS, UPDATED_AT, build_demo_catalog, synthetic_price
+from lookalike.demo_catalog import CATALOG_COLUMNS, UPDATED_AT, build_demo_catalog, scaled_catalog, synthetic_price
 
 SEED = 20261121
 
@@ -157,11 +159,6 @@ def test_item_ids_filter(demo, photo_subset, tmp_path):
 
 def test_scaled_catalog_adds_distinct_variant_photos(demo, photo_subset, tmp_path):
     """copies=4: every item three more times, as mirrored / cropped / both photos of its own, same labels."""
-    import numpy as np
-    from PIL import Image
-
-    from lookalike.demo_catalog import scaled_catalog
-
     _, rows, _ = demo
     originals = rows[:3]
     scaled = scaled_catalog(originals, photo_subset, tmp_path / "photos", copies=4, seed=SEED)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -56,8 +57,9 @@ class Increment:
     changed: DataFrame
     previous: Mapping[str, DataFrame]
 
+    @cached_property
     def changed_ids(self) -> frozenset[str]:
-        """The changed item ids, on the driver (they go to the executors with the list functions)."""
+        """The changed item ids, on the driver (they go to the executors with the list functions); collected once."""
         return frozenset(row["item_id"] for row in self.changed.select("item_id").collect())
 
 
@@ -263,7 +265,7 @@ def _lists_per_category(
     if increment is None:
         return _conformed(rows.groupBy("category").applyInPandas(lambda group: lists_of(_by_item(group))[0], table.spark_schema),
                           table, incremental=False)
-    changed = increment.changed_ids()
+    changed = increment.changed_ids
     columns = ["item_id", *_content(table)]
     previous = increment.previous[table.name].select(*columns).join(
         F.broadcast(categories.select("item_id", F.col("category").alias(GROUP))), "item_id", "left"
@@ -463,7 +465,7 @@ def cross_category_items(
     vectors = (
         np.stack(columns["embedding"].to_numpy()).astype(np.float32) if len(columns) else np.zeros((0, 0), np.float32)
     )
-    changed = increment.changed_ids() if increment is not None else frozenset()
+    changed = increment.changed_ids if increment is not None else frozenset()
     candidates = spark.sparkContext.broadcast((
         columns["item_id"].to_numpy(), columns["category"].to_numpy(), columns["price"].to_numpy(np.float64),
         vectors, columns["item_id"].isin(changed).to_numpy(dtype=bool),
@@ -773,7 +775,7 @@ def derived_tables(
     incremental = increment is not None
     counters = {t.name: spark.sparkContext.accumulator(0) if incremental else None
                 for t in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES)}
-    if incremental and not increment.changed_ids():
+    if incremental and not increment.changed_ids:
         # Every list is a function of the items' rows and the settings: none changed, none moves.
         log.info("alternatives: no item changed since the published run: every derived list is kept")
         return [
