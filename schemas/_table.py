@@ -31,6 +31,8 @@ class TableSchema:
     partition_by: tuple[str, ...] = ()
     constraints: dict[str, str] = field(default_factory=dict)
     change_data_feed: bool = False
+    # Columns earlier releases wrote and this one does not, with why: set to null in existing tables.
+    retired_columns: dict[str, str] = field(default_factory=dict)
 
     @property
     def spark_schema(self) -> StructType:

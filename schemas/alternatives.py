@@ -39,7 +39,11 @@ CHEAPER_ALTERNATIVES = TableSchema(
 
 CROSS_CATEGORY_ITEMS = TableSchema(
     name="cross_category_items",
-    comment="For every item, the most similar items of other categories (e.g. a braided belt -> braided shoes), any price.",
+    comment=(
+        "For every item, the most similar items of other categories (e.g. a braided belt -> braided shoes), any price. "
+        "A list depends on embeddings and categories only, so a price or stock change rewrites none: "
+        "the published_cross_category_items view adds neighbour_price from the same run's embeddings."
+    ),
     change_data_feed=True,
     columns=(
         Column("category", StringType(), "Partition: category of the item.", nullable=False),
@@ -47,10 +51,13 @@ CROSS_CATEGORY_ITEMS = TableSchema(
         Column("rank", IntegerType(), "1 = most similar; ties broken by neighbour_id.", nullable=False),
         Column("neighbour_id", StringType(), "A look-alike of another category.", nullable=False),
         Column("neighbour_category", StringType(), "Its category; never the item's.", nullable=False),
-        Column("neighbour_price", DoubleType(), "Its price.", nullable=False),
         Column("score", FloatType(), "Cosine similarity of the two embeddings, in [-1, 1].", nullable=False),
         *_LINEAGE,
     ),
+    retired_columns={
+        "neighbour_price": "the price is joined in at read time (published_cross_category_items), so that a "
+                           "price change stops rewriting every list that shows the item",
+    },
     partition_by=("category",),
     constraints={"other_category": "neighbour_category <> category", "rank_is_positive": "rank >= 1"},
 )

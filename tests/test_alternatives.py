@@ -142,12 +142,10 @@ def test_cross_category_items_are_the_most_similar_items_of_other_categories(spa
     items = night2_items
     expected = spark.createDataFrame(
         [
-            (items["category"][i], items["item_id"][i], rank, items["item_id"][j], items["category"][j],
-             float(items["price"][j]), score)
+            (items["category"][i], items["item_id"][i], rank, items["item_id"][j], items["category"][j], score)
             for i, rank, j, score in reference_lists(items, k, lambda a, b: a["category"] != b["category"])
         ],
-        "category string, item_id string, rank int, neighbour_id string, neighbour_category string, "
-        "neighbour_price double, score double",
+        "category string, item_id string, rank int, neighbour_id string, neighbour_category string, score double",
     )
     actual = published(spark, history, CROSS_CATEGORY_ITEMS)
     assertDataFrameEqual(actual.select(*expected.columns).withColumn("score", F.col("score").cast("double")),
@@ -170,14 +168,26 @@ def test_misclassified_items_are_the_known_categories_the_model_disagrees_with(s
 
 
 def test_published_views_serve_the_derived_tables(spark, history):
-    """``published_<table>`` in the SQL database reads the version the publication names."""
+    """``published_<table>`` in the SQL database reads the version the publication names.
+
+    The cross-category view adds each neighbour's price from the same run's embeddings (the
+    table holds none, so a price change rewrites no list).
+    """
     config, publication = history.incremental, history.night2.publication
     register_published_views(spark, config, publication)
     database = config["storage"]["database"]
-    for table in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, MISCLASSIFIED_ITEMS):
+    for table in (CHEAPER_ALTERNATIVES, MISCLASSIFIED_ITEMS):
         assertDataFrameEqual(
             spark.table(f"{database}.published_{table.name}"), published_table(spark, config, table, publication)
         )
+    view = spark.table(f"{database}.published_{CROSS_CATEGORY_ITEMS.name}")
+    prices = published(spark, history, EMBEDDINGS).select(
+        F.col("item_id").alias("neighbour_id"), F.col("price").alias("neighbour_price")
+    )
+    cross = published_table(spark, config, CROSS_CATEGORY_ITEMS, publication)
+    assert "neighbour_price" not in cross.columns
+    assert view.columns == [*cross.columns[:5], "neighbour_price", *cross.columns[5:]]
+    assertDataFrameEqual(view, cross.join(prices, "neighbour_id").select(*view.columns))
 
 
 def readme_sql_statements() -> list[str]:

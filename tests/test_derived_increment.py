@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lookalike.alternatives import Increment, derived_tables
+from lookalike.alternatives import Increment, derived_tables, moved_items
 from lookalike.publish import PUBLISHED_KEYS
 from lookalike.scoring import DELETE_FLAG
-from schemas import DISPLAY_LOOKALIKES
+from schemas import CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES
 
 CATEGORIES = ("Bags", "Shoes", "Watches")
 DIRECTIONS = 9  # distinct embedding directions: many exact score ties
@@ -28,6 +29,7 @@ STATE_SCHEMA = (
     "item_id string, category string, given_category string, predicted_category string, confidence float, "
     "embedding array<float>, price double, price_band int, image_hash string, model_version string"
 )
+STATE_SCHEMA_COLUMNS = [column.split()[0] for column in STATE_SCHEMA.split(", ")]
 
 
 def _band(price: float) -> int:
@@ -152,17 +154,43 @@ def test_a_category_emptied_overnight_loses_every_list(spark):
     assert_increment_rebuilds(spark, config_for("band"), night1, night2, set(emptied))
 
 
-def assert_increment_rebuilds(spark, config: dict, night1: dict, night2: dict, changed: set[str]) -> None:
-    """Night-2's incremental rows applied to night-1's tables equal night-2 computed whole, for every derived table."""
+def staged_changes(spark, night1: dict, night2: dict):
+    """What the embed stage stages: night-2's embeddings rows that differ from night-1's, ``_delete`` rows for deleted items.
+
+    A stock or brand change is in the catalog only: it stages no row.
+    """
+    state, _ = frames(spark, night2)
+    embedded = [c for c in STATE_SCHEMA_COLUMNS if c != "item_id"]
+    upserted = [i for i, row in night2.items() if i not in night1 or any(row[c] != night1[i][c] for c in embedded)]
+    upserts = state.where(state["item_id"].isin(upserted)).withColumn(DELETE_FLAG, F.lit(False))
+    deleted = spark.createDataFrame([(i,) for i in sorted(set(night1) - set(night2))], "item_id string")
+    return upserts.unionByName(deleted.withColumn(DELETE_FLAG, F.lit(True)), allowMissingColumns=True)
+
+
+def increment_for(spark, night1: dict, night2: dict, changed: set[str], previous: dict) -> Increment:
+    """The increment a refresh builds: every changed id, and those a cross-category list can see."""
+    night1_state, _ = frames(spark, night1)
+    moved = frozenset(r["item_id"] for r in moved_items(night1_state, staged_changes(spark, night1, night2)).collect())
+    assert moved <= changed
+    return Increment(changed=spark.createDataFrame([(i,) for i in sorted(changed)], "item_id string"),
+                     previous=previous, moved=moved)
+
+
+def assert_increment_rebuilds(spark, config: dict, night1: dict, night2: dict, changed: set[str]) -> dict:
+    """Night-2's incremental rows applied to night-1's tables equal night-2 computed whole, for every derived table.
+
+    Returns each table's number of lists recomputed.
+    """
     before = whole(spark, config, night1, "night-1")
     after = whole(spark, config, night2, "night-2")
 
     state, catalog = frames(spark, night2)
     previous = {name: spark.createDataFrame(pdf, table.spark_schema) for name, (table, pdf) in before.items()}
-    increment = Increment(changed=spark.createDataFrame([(i,) for i in sorted(changed)], "item_id string"),
-                          previous=previous)
-    parts = derived_tables(spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id="night-2",
-                           catalog_version=1, increment=increment)
+    increment = increment_for(spark, night1, night2, changed, previous)
+    parts = [part.materialised() for part in derived_tables(
+        spark, config, state=state, catalog=catalog, classes=list(CATEGORIES), run_id="night-2", catalog_version=1,
+        increment=increment,
+    )]
     try:
         for part in parts:
             name = part.table.name
@@ -171,9 +199,30 @@ def assert_increment_rebuilds(spark, config: dict, night1: dict, night2: dict, c
             result = spark.createDataFrame(merged, part.table.spark_schema) if merged else previous[name].limit(0)
             expected = spark.createDataFrame(after[name][1], part.table.spark_schema)
             assertDataFrameEqual(result.drop("run_id"), expected.drop("run_id"), atol=1e-6)
+        return {part.table.name: part.lists_recomputed for part in parts}
     finally:
         for part in parts:
             part.release()
+
+
+def test_price_stock_and_brand_changes_reach_no_cross_category_list(spark):
+    """Cross-category lists rank by embeddings and categories only: a night of other changes stages none of their rows.
+
+    The same night's cheaper and display lists do change, and still equal a full rebuild.
+    """
+    rng = np.random.default_rng(7)
+    night1 = night_one(rng, 60)
+    night2 = {key: dict(value) for key, value in night1.items()}
+    ids = sorted(night2)
+    for item_id in ids[:4]:
+        night2[item_id]["price"] = night2[item_id]["price"] * 1.5 + 1.0
+        night2[item_id]["price_band"] = _band(night2[item_id]["price"])
+    night2[ids[4]]["in_stock"] = not night2[ids[4]]["in_stock"]
+    night2[ids[5]]["brand"] = "Dee"
+    night2[ids[6]]["confidence"] = 0.5  # a classifier output: in the embeddings row, not in any list
+    recomputed = assert_increment_rebuilds(spark, config_for("band"), night1, night2, set(ids[:7]))
+    assert recomputed[CROSS_CATEGORY_ITEMS.name] == 0
+    assert recomputed["cheaper_alternatives"] > 0 and recomputed[DISPLAY_LOOKALIKES.name] > 0
 
 
 def test_an_item_whose_stock_flips_leaves_and_reenters_display_lists(spark):

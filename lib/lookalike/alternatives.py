@@ -11,6 +11,7 @@ merged, so the change feed holds real changes only, and the tables equal a full 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -52,15 +53,25 @@ class Increment:
         published run, deleted items included, each once (a small local frame: it is broadcast).
     previous : Mapping[str, DataFrame]
         The published content of every derived table, by table name.
+    moved : frozenset of str, optional
+        The changed items whose embedding, category or model version changed, or that are new or
+        deleted (see ``moved_items``): a cross-category list is a function of those alone, so a
+        price, stock or brand change reaches none. Default: every changed item.
     """
 
     changed: DataFrame
     previous: Mapping[str, DataFrame]
+    moved: frozenset[str] | None = None
 
     @cached_property
     def changed_ids(self) -> frozenset[str]:
         """The changed item ids, on the driver (they go to the executors with the list functions); collected once."""
         return frozenset(row["item_id"] for row in self.changed.select("item_id").collect())
+
+    @property
+    def cross_category_ids(self) -> frozenset[str]:
+        """The changed items a cross-category list can see: the ``moved`` ones."""
+        return self.changed_ids if self.moved is None else self.moved
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,7 @@ def _by_item(group: pd.DataFrame) -> pd.DataFrame:
 
 def _lists_per_category(
     rows: DataFrame, lists_of: ListsOf, published: _PublishedLists, *, run_id: str, catalog_version: int,
-    increment: Increment | None, categories: DataFrame, recomputed: Any,
+    increment: Increment | None, categories: DataFrame, recomputed: Any, changed: frozenset[str] | None = None,
 ) -> DataFrame:
     """``lists_of`` run on each category's rows: every list, or with ``increment`` only the rows that change.
 
@@ -260,12 +271,13 @@ def _lists_per_category(
     moved tonight brings its lists to its new category; ``categories`` maps every current item to
     its category), so no list is joined to its item in Spark: the published rows arrive flat.
     Published lists of items no longer in the catalog are deleted in their category's group.
+    ``changed``: the changed items this table depends on (default all of ``increment``'s).
     """
     table = published.table
     if increment is None:
         return _conformed(rows.groupBy("category").applyInPandas(lambda group: lists_of(_by_item(group))[0], table.spark_schema),
                           table, incremental=False)
-    changed = increment.changed_ids
+    changed = increment.changed_ids if changed is None else changed
     columns = ["item_id", *_content(table)]
     previous = increment.previous[table.name].select(*columns).join(
         F.broadcast(categories.select("item_id", F.col("category").alias(GROUP))), "item_id", "left"
@@ -348,7 +360,7 @@ def _cross_category_lists(
 ) -> ListsOf:
     """Per category: each item's top-k among every item of the other categories (``candidates`` is broadcast)."""
     def cross(group: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        ids, categories, prices, vectors, changed = candidates.value
+        ids, categories, vectors, changed = candidates.value
         category = group["category"].iloc[0]
         other = categories != category
         queries_vectors = np.stack(group["embedding"].to_numpy()).astype(np.float64)
@@ -372,7 +384,6 @@ def _cross_category_lists(
                 "rank": _ranks(queries),
                 "neighbour_id": ids[found],
                 "neighbour_category": categories[found],
-                "neighbour_price": prices[found],
                 **_scored_lineage(group, queries, scores, run_id, catalog_version),
             }
         )
@@ -436,7 +447,9 @@ def cross_category_items(
     """For every item, the ``k`` most similar items of the other categories.
 
     Every category's items are compared with the whole catalog, which is broadcast to the
-    executors (item id, category, price and embedding: about ``items x (dim x 4 + 64)`` bytes).
+    executors (item id, category and embedding: about ``items x (dim x 4 + 56)`` bytes). The rows
+    hold no price: a list depends on embeddings and categories only, so a price change rewrites
+    none of them (the ``published_cross_category_items`` view joins the neighbour's price in).
 
     Parameters
     ----------
@@ -461,19 +474,20 @@ def cross_category_items(
         In the ``cross_category_items`` schema.
     """
     rows = state.select("category", "item_id", "embedding", "model_version")
-    columns = state.select("item_id", "category", "price", "embedding").orderBy("item_id").toPandas()
+    columns = state.select("item_id", "category", "embedding").orderBy("item_id").toPandas()
     vectors = (
         np.stack(columns["embedding"].to_numpy()).astype(np.float32) if len(columns) else np.zeros((0, 0), np.float32)
     )
-    changed = increment.changed_ids if increment is not None else frozenset()
+    changed = increment.cross_category_ids if increment is not None else frozenset()
     candidates = spark.sparkContext.broadcast((
-        columns["item_id"].to_numpy(), columns["category"].to_numpy(), columns["price"].to_numpy(np.float64),
-        vectors, columns["item_id"].isin(changed).to_numpy(dtype=bool),
+        columns["item_id"].to_numpy(), columns["category"].to_numpy(), vectors,
+        columns["item_id"].isin(changed).to_numpy(dtype=bool),
     ))
     return _lists_per_category(
         rows, _cross_category_lists(k, candidates, block_rows, run_id, catalog_version),
         _PublishedLists(CROSS_CATEGORY_ITEMS, "neighbour_id", _score_key), run_id=run_id,
         catalog_version=catalog_version, increment=increment, categories=state, recomputed=recomputed,
+        changed=changed,
     )
 
 
@@ -745,6 +759,35 @@ def misclassified_changes(
     return upserts.unionByName(gone.withColumn(DELETE_FLAG, F.lit(True)))
 
 
+# The columns of an embeddings row a cross-category list depends on (with the item's existence).
+_CROSS_CATEGORY_INPUTS = ("category", "embedding", "model_version")
+
+
+def moved_items(previous: DataFrame, changes: DataFrame) -> DataFrame:
+    """``item_id`` of the staged embeddings changes a cross-category list can see.
+
+    New and deleted items, and upserted rows whose category, embedding or model version differ
+    from the item's ``previous`` row; not those where only the price, price band or classifier
+    output changed (the cross-category lists rank by embeddings and categories alone), nor items
+    whose catalog row alone changed (stock, brand: they stage no embeddings row).
+
+    Parameters
+    ----------
+    previous : DataFrame
+        The published ``embeddings``.
+    changes : DataFrame
+        The run's staged changes: ``embeddings`` rows with the ``_delete`` flag.
+    """
+    staged = changes.where(~F.col(DELETE_FLAG)).select(
+        "item_id", *[F.col(c).alias(f"_staged_{c}") for c in _CROSS_CATEGORY_INPUTS]
+    )
+    same = functools.reduce(
+        lambda a, b: a & b, [F.col(c).eqNullSafe(F.col(f"_staged_{c}")) for c in _CROSS_CATEGORY_INPUTS]
+    )
+    unmoved = previous.join(staged, "item_id").where(same).select("item_id")
+    return changes.select("item_id").join(unmoved, "item_id", "left_anti")
+
+
 def derived_tables(
     spark: SparkSession,
     config: Mapping[str, Any],
@@ -775,42 +818,51 @@ def derived_tables(
     incremental = increment is not None
     counters = {t.name: spark.sparkContext.accumulator(0) if incremental else None
                 for t in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES)}
+
+    def kept(table: TableSchema) -> DerivedRows:
+        return DerivedRows(table, spark.createDataFrame([], _output_schema(table, incremental=True)), incremental=True,
+                           counter=counters.get(table.name))
+
     if incremental and not increment.changed_ids:
         # Every list is a function of the items' rows and the settings: none changed, none moves.
         log.info("alternatives: no item changed since the published run: every derived list is kept")
-        return [
-            DerivedRows(table, spark.createDataFrame([], _output_schema(table, incremental=True)), incremental=True,
-                        counter=counters.get(table.name))
-            for table in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS)
-        ]
+        return [kept(table) for table in (CHEAPER_ALTERNATIVES, CROSS_CATEGORY_ITEMS, DISPLAY_LOOKALIKES, MISCLASSIFIED_ITEMS)]
     lists = [
-        (CHEAPER_ALTERNATIVES, cheaper_alternatives(
+        (CHEAPER_ALTERNATIVES, lambda: cheaper_alternatives(
             state, catalog, k=int(settings["cheaper_k"]), in_stock_only=bool(settings["cheaper_in_stock_only"]),
             max_discount_pct=float(settings["cheaper_max_discount_pct"]), block_rows=block_rows, run_id=run_id,
             catalog_version=catalog_version, increment=increment, recomputed=counters[CHEAPER_ALTERNATIVES.name],
         )),
-        (CROSS_CATEGORY_ITEMS, cross_category_items(
+        (CROSS_CATEGORY_ITEMS, lambda: cross_category_items(
             spark, state, k=int(settings["cross_category_k"]), block_rows=block_rows, run_id=run_id,
             catalog_version=catalog_version, increment=increment, recomputed=counters[CROSS_CATEGORY_ITEMS.name],
         )),
-        (DISPLAY_LOOKALIKES, display_lookalikes(
+        (DISPLAY_LOOKALIKES, lambda: display_lookalikes(
             state, catalog, rules=DisplayRules.from_config(config["display"]), block_rows=block_rows, run_id=run_id,
             catalog_version=catalog_version, increment=increment, recomputed=counters[DISPLAY_LOOKALIKES.name],
         )),
     ]
     if increment is None:
         misclassified = misclassified_items(state, classes=classes, run_id=run_id, catalog_version=catalog_version)
-        return [DerivedRows(table, rows, incremental=False) for table, rows in lists] + [
+        return [DerivedRows(table, rows(), incremental=False) for table, rows in lists] + [
             DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=False)
         ]
-    out = [DerivedRows(table, rows, incremental=True, counter=counters[table.name]) for table, rows in lists]
+    out = []
+    for table, rows in lists:
+        if table is CROSS_CATEGORY_ITEMS and not increment.cross_category_ids:
+            # Only prices, stock, brands or classifier outputs changed: no cross-category list can.
+            log.info("alternatives: no changed item moved (embedding, category, existence): every cross-category list is kept")
+            out.append(kept(table))
+        else:
+            out.append(DerivedRows(table, rows(), incremental=True, counter=counters[table.name]))
     misclassified = misclassified_changes(
         state, classes=classes, run_id=run_id, catalog_version=catalog_version, increment=increment,
     )
     out.append(DerivedRows(MISCLASSIFIED_ITEMS, misclassified, incremental=True))
     return out
 
+
 __all__ = [
     "DerivedRows", "DisplayRules", "Increment", "cheaper_alternatives", "cross_category_items", "derived_tables",
-    "display_lookalikes", "misclassified_changes", "misclassified_items",
+    "display_lookalikes", "misclassified_changes", "misclassified_items", "moved_items",
 ]

@@ -22,6 +22,9 @@ def tables_markdown() -> str:
             lines += ["Change data feed on (`delta.enableChangeDataFeed`): consumers can read only the rows changed since a version.", ""]
         if table.constraints:
             lines += ["CHECK constraints: " + "; ".join(f"`{n}`: `{e}`" for n, e in table.constraints.items()) + ".", ""]
+        for name, why in table.retired_columns.items():
+            lines += [f"Retired column `{name}`: no longer written, because {why}; a table created by an earlier "
+                      "release keeps it, null in every row (history keeps the old values).", ""]
         lines += ["| column | type | null | meaning |", "|---|---|---|---|"]
         for column in table.columns:
             nullable = "yes" if column.nullable else "no"

@@ -256,12 +256,14 @@ def replace_rows(
     """
     key = PUBLISHED_KEYS[table.name]
     on = " AND ".join(f"t.`{c}` = s.`{c}`" for c in key)
+    # The table's declared columns, named: a table from an earlier release may hold retired ones too.
+    values = {c: f"s.`{c}`" for c in table.column_names}
     with _run_commit(spark, run_id, run_seq, app_id):
         metrics = (
             DeltaTable.forPath(spark, table_path(config, table)).alias("t")
             .merge(conform(source, table).alias("s"), on)
-            .whenMatchedUpdateAll(condition=_differs(compare or table.column_names))
-            .whenNotMatchedInsertAll()
+            .whenMatchedUpdate(condition=_differs(compare or table.column_names), set=values)
+            .whenNotMatchedInsert(values=values)
             .whenNotMatchedBySourceDelete()
             .execute()
             .first()
@@ -322,15 +324,38 @@ def register_published_views(spark: SparkSession, config: Mapping[str, Any], pub
     names = []
     for table in PUBLISHED_TABLES:
         name = f"`{database}`.`published_{checked_identifier(table.name)}`"
-        version = publication.version_of(table)
-        # A run from before the table existed published none of its rows.
-        source = "WHERE false" if version is None else f"VERSION AS OF {int(version)}"
         spark.sql(
             f"CREATE OR REPLACE VIEW {name} COMMENT {sql_string('run ' + publication.run_id)} AS "
-            f"SELECT * FROM {delta_path_sql(table_path(config, table))} {source}"
+            f"{_published_view_query(config, table, publication)}"
         )
         names.append(name)
     return names
+
+
+# Columns a published view adds from another table of the same run: column -> (after column, table, its column, key).
+_JOINED_AT_READ = {
+    CROSS_CATEGORY_ITEMS.name: {"neighbour_price": ("neighbour_category", EMBEDDINGS, "price", "neighbour_id")},
+}
+
+
+def _published_view_query(config: Mapping[str, Any], table: TableSchema, publication: Publication) -> str:
+    """The query of ``published_<table>``: the table's columns at the publication's version, with the joined ones."""
+    def at_version(of: TableSchema) -> str:
+        version = publication.version_of(of)
+        # A run from before the table existed published none of its rows.
+        return f"{delta_path_sql(table_path(config, of))} " + ("WHERE false" if version is None else f"VERSION AS OF {int(version)}")
+
+    joined = _JOINED_AT_READ.get(table.name, {})
+    columns, joins = [], []
+    for column in table.column_names:
+        columns.append(f"t.`{column}`")
+        for position, (added, (after, other, source, key)) in enumerate(joined.items()):
+            if after == column:
+                alias = f"j{position}"
+                columns.append(f"{alias}.`{source}` AS `{added}`")
+                # Left: a row never disappears from the view, even if its neighbour's row were missing.
+                joins.append(f"LEFT JOIN (SELECT * FROM {at_version(other)}) {alias} ON {alias}.`item_id` = t.`{key}`")
+    return f"SELECT {', '.join(columns)} FROM (SELECT * FROM {at_version(table)}) t {' '.join(joins)}"
 
 
 def changes_since(

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lookalike import hadoop_fs
-from lookalike.alternatives import DerivedRows, Increment, derived_tables
+from lookalike.alternatives import DerivedRows, Increment, derived_tables, moved_items
 from lookalike.evaluation import record_index_recall, record_list_quality
 from lookalike.ingest import CatalogInput, IngestCounts, allowed_image_roots, ingest_catalog, read_catalog_input
 from lookalike.model_store import ModelManifest, load_manifest
@@ -235,6 +235,7 @@ def derived_increment(
     config: Mapping[str, Any],
     *,
     changes: DataFrame,
+    previous_embeddings: DataFrame,
     publication: Publication | None,
     catalog_version: int,
     settings_differ: bool = False,
@@ -245,12 +246,15 @@ def derived_increment(
     ``settings_differ`` (the published lists were computed under other rules). Else the changed
     items are the embeddings changes plus every item whose ``catalog`` row changed since the
     published catalog version (stock and brand are not in ``embeddings``), read from the catalog's
-    change feed.
+    change feed; only those whose embedding, category or existence changed reach the
+    cross-category lists (``alternatives.moved_items``).
 
     Parameters
     ----------
     changes : DataFrame
         The run's staged embeddings changes.
+    previous_embeddings : DataFrame
+        The published ``embeddings`` the changes were staged against.
     publication : Publication or None
         The published run the refresh starts from.
     catalog_version : int
@@ -281,7 +285,10 @@ def derived_increment(
     ids = sorted(row["item_id"] for row in changed.distinct().collect())
     changed_ids = spark.createDataFrame([(item_id,) for item_id in ids], "item_id string")
     previous = {t.name: published_table(spark, config, t, publication) for t in DERIVED_TABLES}
-    return Increment(changed=changed_ids, previous=previous)
+    moved = frozenset(row["item_id"] for row in moved_items(previous_embeddings, changes).collect())
+    log.info("alternatives: %d items changed since the published run, %d of them in embedding, category or existence",
+             len(ids), len(moved))
+    return Increment(changed=changed_ids, previous=previous, moved=moved)
 
 
 def account_for_rows(
@@ -512,7 +519,8 @@ def refresh(
                 published_items=published_items,
             )
             increment = derived_increment(
-                spark, config, changes=changes, publication=publication, catalog_version=catalog_version,
+                spark, config, changes=changes, previous_embeddings=previous_embeddings, publication=publication,
+                catalog_version=catalog_version,
                 settings_differ=bool({"alternatives", "display"} & set(changed_settings)),
             )
             derived = derived_tables(

@@ -118,6 +118,7 @@ def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSch
         columns = ", ".join(f"`{checked_identifier(c.name)}` {c.data_type.simpleString()}" for c in added)
         spark.sql(f"ALTER TABLE {delta_path_sql(path)} ADD COLUMNS ({columns})")
         log.info("%s: added column(s) %s", table.name, [c.name for c in added])
+    _retire_columns(spark, path, table)
     properties = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {delta_path_sql(path)}").collect()}
     if table.change_data_feed and properties.get("delta.enableChangeDataFeed") != "true":
         spark.sql(f"ALTER TABLE {delta_path_sql(path)} SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
@@ -127,6 +128,25 @@ def ensure_table(spark: SparkSession, config: Mapping[str, Any], table: TableSch
             spark.sql(f"ALTER TABLE {delta_path_sql(path)} ADD CONSTRAINT {checked_identifier(name)} CHECK ({expression})")
     _ENSURED.add(key)
     return delta_table
+
+
+def _retire_columns(spark: SparkSession, path: str, table: TableSchema) -> None:
+    """Columns an earlier release wrote and ``table`` retired: made nullable, then null in every row.
+
+    Dropping them would need column mapping and break change-feed reads across the drop; nulled,
+    the feed shows one update per row once, and time travel still sees the old values.
+    """
+    schema = spark.read.format("delta").load(path).schema
+    for name in table.retired_columns:
+        if name not in schema.fieldNames():
+            continue
+        column = f"`{checked_identifier(name)}`"
+        if not schema[name].nullable:
+            spark.sql(f"ALTER TABLE {delta_path_sql(path)} ALTER COLUMN {column} DROP NOT NULL")
+        # Checked first (file statistics answer it once nulled): an UPDATE matching nothing may still commit.
+        if not spark.read.format("delta").load(path).where(F.col(name).isNotNull()).isEmpty():
+            spark.sql(f"UPDATE {delta_path_sql(path)} SET {column} = NULL WHERE {column} IS NOT NULL")
+            log.info("%s: retired column %s set to null in every row (%s)", table.name, name, table.retired_columns[name])
 
 
 def read_table(
