@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/finetune_recipe.py --from-block 6 --epochs 8 --lr 5e-4 --evaluate-at 4,6,8
     .venv/bin/python benchmarks/finetune_recipe.py --flip-check lookalike-data/models/<version>
+    .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --save-holdout seed8.npz
+    .venv/bin/python benchmarks/finetune_recipe.py --ensemble seed7.npz seed8.npz --error-sheet errors.png
 
 Trains on every reference item (all 25 subCategories and 63 articleTypes get a head output) and
 measures on the fixed holdout (``lookalike.holdout``) at the epochs given: classifier accuracy over
 all 497 queries, the articleType head's vote added to it, and the retrieval figures of the shared
-256-d layer and of the backbone's pooled features. ``--flip-check`` scores a trained bundle's
+256-d layer and of the backbone's pooled features, and the category pairs the classifier confuses most.
+``--save-holdout`` keeps the last measured holdout probabilities; ``--ensemble`` averages several
+such files and prints the accuracy of the average. ``--flip-check`` scores a trained bundle's
 holdout photos and their mirror images and compares the classifier accuracy with and without
 averaging the two.
 """
@@ -36,7 +40,7 @@ def recipe(args: argparse.Namespace) -> None:
     y_category = np.array([categories.index(c) for c in items.sub_category])
     y_type = np.array([types.index(a) for a in items.article_type])
     train = ~items.holdout
-    keras.utils.set_random_seed(7)
+    keras.utils.set_random_seed(args.seed)
     inputs = keras.Input((args.size, args.size, 3))
     x = layers.RandomFlip("horizontal")(inputs)
     x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant", fill_value=255.0)(x)
@@ -60,7 +64,7 @@ def recipe(args: argparse.Namespace) -> None:
     sample_weight = (weights(y_category, len(categories)) + weights(y_type, len(types))) / 2
     steps = args.epochs * int(np.ceil(train.sum() / 32))
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
-                  loss=[keras.losses.SparseCategoricalCrossentropy(), keras.losses.SparseCategoricalCrossentropy()])
+                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)] * 2)
     scorer = keras.Model(inputs, [embedding, category, article_type])
     features = keras.Model(inputs, pooled)
     # Which subCategory each articleType's training items belong to, for the head's vote.
@@ -70,7 +74,8 @@ def recipe(args: argparse.Namespace) -> None:
     evaluate_at = {int(e) for e in args.evaluate_at.split(",")}
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        model.fit(pixels[train], [y_category[train], y_type[train]], sample_weight=sample_weight, batch_size=32,
+        model.fit(pixels[train], [np.eye(len(categories))[y_category[train]], np.eye(len(types))[y_type[train]]],
+                  sample_weight=sample_weight, batch_size=32,
                   epochs=1, verbose=0, shuffle=True)
         line = f"epoch {epoch} {time.perf_counter() - start:.0f}s"
         if epoch in evaluate_at:
@@ -84,7 +89,68 @@ def recipe(args: argparse.Namespace) -> None:
                      f" | shared layer P@10 {shared['at_p10']:.3f} within {shared['at_p10_in_subcat']:.3f}"
                      f" 1-NN {shared['subcat_1nn']:.3f} | pooled P@10 {backbone_only['at_p10']:.3f}"
                      f" within {backbone_only['at_p10_in_subcat']:.3f}")
+            line += "\n  most confused (truth -> predicted: count): " + most_confused(
+                np.array(categories)[y_category[q]], np.array(categories)[p_category[q].argmax(1)])
+            if args.save_holdout:
+                np.savez(args.save_holdout, probabilities=p_category[q], truth=y_category[q],
+                         categories=np.array(categories), epoch=epoch)
         print(line, flush=True)
+
+
+def most_confused(truth: np.ndarray, predicted: np.ndarray, top: int = 8) -> str:
+    """The most frequent (truth, predicted) pairs among the misclassified items, as one line."""
+    wrong = truth != predicted
+    pairs, counts = np.unique(np.stack([truth[wrong], predicted[wrong]], axis=1), axis=0, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return ", ".join(f"{pairs[i][0]} -> {pairs[i][1]}: {counts[i]}" for i in order)
+
+
+def ensemble(paths: Sequence[str], source_dir: Path, error_sheet: str | None) -> None:
+    """Classifier accuracy of each saved holdout run and of their averaged probabilities.
+
+    Lists every holdout item the average misclassifies (id, labels, prediction) and, with
+    ``error_sheet``, writes their photos side by side into one PNG, captioned.
+    """
+    runs = [np.load(path) for path in paths]
+    truth = runs[0]["truth"]
+    if any(not np.array_equal(run["truth"], truth) or not np.array_equal(run["categories"], runs[0]["categories"])
+           for run in runs):
+        raise SystemExit("the saved runs do not share the same holdout and categories")
+    for path, run in zip(paths, runs):
+        print(f"{path} (epoch {int(run['epoch'])}): accuracy {np.mean(run['probabilities'].argmax(1) == truth):.4f}")
+    average = np.mean([run["probabilities"] for run in runs], axis=0).argmax(1)
+    categories = runs[0]["categories"]
+    print(f"average of {len(runs)}: accuracy {np.mean(average == truth):.4f} over {len(truth)} queries")
+    print("  most confused (truth -> predicted: count): " + most_confused(categories[truth], categories[average]))
+    items = options.load_items(source_dir)
+    q = items.holdout
+    ids, types, contents = np.array(items.ids)[q], items.article_type[q], [c for c, h in zip(items.contents, q) if h]
+    if not np.array_equal(np.searchsorted(categories, items.sub_category[q]), truth):
+        raise SystemExit("the saved runs were measured on another holdout than --source-dir's")
+    wrong = np.flatnonzero(average != truth)
+    captions = [f"{ids[i]} {categories[truth[i]]}/{types[i]} -> {categories[average[i]]}" for i in wrong]
+    print("  misclassified (id subCategory/articleType -> predicted):\n    " + "\n    ".join(captions))
+    if error_sheet:
+        write_sheet([contents[i] for i in wrong], captions, error_sheet)
+        print(f"  wrote {error_sheet}")
+
+
+def write_sheet(photos: Sequence[bytes], captions: Sequence[str], path: str, columns: int = 6, side: int = 160) -> None:
+    """Photos in a grid of ``columns``, each scaled to ``side`` pixels with its caption below, as a PNG."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rows = -(-len(photos) // columns)
+    sheet = Image.new("RGB", (columns * side, rows * (side + 28)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (photo, caption) in enumerate(zip(photos, captions)):
+        x, y = (k % columns) * side, (k // columns) * (side + 28)
+        sheet.paste(Image.open(io.BytesIO(photo)).convert("RGB").resize((side, side)), (x, y))
+        label, prediction = caption.split(" -> ")
+        draw.text((x + 3, y + side + 1), label[: side // 6], fill="black")
+        draw.text((x + 3, y + side + 14), "-> " + prediction, fill="firebrick")
+    sheet.save(path)
 
 
 def flip_check(args: argparse.Namespace) -> None:
@@ -104,7 +170,7 @@ def flip_check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the recipe, or the flip check with ``--flip-check``."""
+    """Run the recipe, the flip check with ``--flip-check`` or the average of saved runs with ``--ensemble``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source-dir", default="../shared/data/fashion-products")
     parser.add_argument("--size", type=int, default=224)
@@ -112,9 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4, help="start of the cosine decay")
     parser.add_argument("--evaluate-at", default="4,6,8", help="epochs after which the holdout is measured")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="of both heads' cross-entropy")
+    parser.add_argument("--save-holdout", default=None, help="an .npz for the last measured holdout probabilities")
+    parser.add_argument("--ensemble", nargs="+", default=None, help=".npz files of --save-holdout to average")
+    parser.add_argument("--error-sheet", default=None, help="with --ensemble: a PNG of the misclassified photos")
     parser.add_argument("--flip-check", default=None, help="a bundle folder: compare flip-averaged classification instead")
     args = parser.parse_args(argv)
-    flip_check(args) if args.flip_check else recipe(args)
+    if args.ensemble:
+        ensemble(args.ensemble, Path(args.source_dir), args.error_sheet)
+    elif args.flip_check:
+        flip_check(args)
+    else:
+        recipe(args)
     return 0
 
 
