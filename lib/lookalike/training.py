@@ -315,9 +315,13 @@ def _finetune_lite0(
         steps = max(1, math.ceil(n_train / batch_size))
         # Cosine decay over the whole run: large steps while the new heads settle, small ones at the end.
         schedule = keras.optimizers.schedules.CosineDecay(float(train_conf["finetune_learning_rate"]), steps * epochs)
+        smoothing = float(train_conf["finetune_label_smoothing"])
         trainer.compile(
             optimizer=keras.optimizers.Adam(schedule),
-            loss={"category": "sparse_categorical_crossentropy", "article_type": "sparse_categorical_crossentropy"},
+            loss={
+                "category": models.sparse_crossentropy(len(classes), label_smoothing=smoothing),
+                "article_type": models.sparse_crossentropy(len(article_types), label_smoothing=smoothing),
+            },
             weighted_metrics={"category": ["accuracy"], "article_type": ["accuracy"]},
         )
         history = trainer.fit(
