@@ -32,6 +32,7 @@ def recipe(args: argparse.Namespace) -> None:
     import keras
     from keras import layers
 
+    from lookalike import models
     from lookalike.pretrained import load_pretrained_lite0
 
     items = options.load_items(Path(args.source_dir))
@@ -64,7 +65,8 @@ def recipe(args: argparse.Namespace) -> None:
     sample_weight = (weights(y_category, len(categories)) + weights(y_type, len(types))) / 2
     steps = args.epochs * int(np.ceil(train.sum() / 32))
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
-                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)] * 2)
+                  loss=[models.sparse_crossentropy(len(categories), label_smoothing=args.label_smoothing),
+                        models.sparse_crossentropy(len(types), label_smoothing=args.label_smoothing)])
     scorer = keras.Model(inputs, [embedding, category, article_type])
     features = keras.Model(inputs, pooled)
     # Which subCategory each articleType's training items belong to, for the head's vote.
@@ -74,8 +76,7 @@ def recipe(args: argparse.Namespace) -> None:
     evaluate_at = {int(e) for e in args.evaluate_at.split(",")}
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        model.fit(pixels[train], [np.eye(len(categories))[y_category[train]], np.eye(len(types))[y_type[train]]],
-                  sample_weight=sample_weight, batch_size=32,
+        model.fit(pixels[train], [y_category[train], y_type[train]], sample_weight=sample_weight, batch_size=32,
                   epochs=1, verbose=0, shuffle=True)
         line = f"epoch {epoch} {time.perf_counter() - start:.0f}s"
         if epoch in evaluate_at:
