@@ -6,6 +6,8 @@ itself, so training and scoring feed the same decoded arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 import keras
@@ -184,7 +186,7 @@ def build_lite0_finetune(
     return trainer, classifier
 
 
-def sparse_crossentropy(num_classes: int, *, label_smoothing: float = 0.0):
+def sparse_crossentropy(num_classes: int, *, label_smoothing: float = 0.0) -> Callable[..., object]:
     """Per-item cross-entropy of integer labels against softmax outputs, with label smoothing.
 
     Keras's sparse cross-entropy has no label smoothing, so the labels are one-hot encoded first.
