@@ -4,13 +4,17 @@
     .venv/bin/python benchmarks/finetune_recipe.py --flip-check lookalike-data/models/<version>
     .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --save-holdout seed8.npz
     .venv/bin/python benchmarks/finetune_recipe.py --ensemble seed7.npz seed8.npz --error-sheet errors.png
+    .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --save-unlabelled teacher.npz
+    .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --pseudo-labels teacher.npz --epochs 4 --evaluate-at 2,3,4
 
 Trains on every reference item (all 25 subCategories and 63 articleTypes get a head output) and
 measures on the fixed holdout (``lookalike.holdout``) at the epochs given: classifier accuracy over
 all 497 queries, the articleType head's vote added to it, and the retrieval figures of the shared
 256-d layer and of the backbone's pooled features, and the category pairs the classifier confuses most.
 ``--save-holdout`` keeps the last measured holdout probabilities; ``--ensemble`` averages several
-such files and prints the accuracy of the average. ``--flip-check`` scores a trained bundle's
+such files and prints the accuracy of the average. ``--save-unlabelled`` keeps the trained network's
+probabilities for every photo without labels (a teacher); ``--pseudo-labels`` trains on those
+photos too, with the teacher's probabilities as soft targets (self-training). ``--flip-check`` scores a trained bundle's
 holdout photos and their mirror images and compares the classifier accuracy with and without
 averaging the two.
 """
@@ -18,6 +22,7 @@ averaging the two.
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +37,6 @@ def recipe(args: argparse.Namespace) -> None:
     import keras
     from keras import layers
 
-    from lookalike import models
     from lookalike.pretrained import load_pretrained_lite0
 
     items = options.load_items(Path(args.source_dir))
@@ -41,6 +45,13 @@ def recipe(args: argparse.Namespace) -> None:
     y_category = np.array([categories.index(c) for c in items.sub_category])
     y_type = np.array([types.index(a) for a in items.article_type])
     train = ~items.holdout
+    # Probability targets, as in the train job: one-hot for labelled items, a teacher's for pseudo-labelled ones.
+    x_train = pixels[train]
+    category_targets = np.eye(len(categories), dtype=np.float32)[y_category[train]]
+    type_targets = np.eye(len(types), dtype=np.float32)[y_type[train]]
+    if args.pseudo_labels:
+        x_train, category_targets, type_targets = with_pseudo_labels(
+            args, x_train, category_targets, type_targets, categories, types)
     keras.utils.set_random_seed(args.seed)
     inputs = keras.Input((args.size, args.size, 3))
     x = layers.RandomFlip("horizontal")(inputs)
@@ -58,15 +69,15 @@ def recipe(args: argparse.Namespace) -> None:
     article_type = layers.Dense(len(types), activation="softmax")(head_input)
     model = keras.Model(inputs, [category, article_type])
 
-    def weights(labels: np.ndarray, n: int) -> np.ndarray:
-        counts = np.bincount(labels[train], minlength=n).astype(float)
-        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels[train]]
+    def weights(targets: np.ndarray, n: int) -> np.ndarray:
+        labels = targets.argmax(axis=1)  # a soft target counts for its top class
+        counts = np.bincount(labels, minlength=n).astype(float)
+        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels]
 
-    sample_weight = (weights(y_category, len(categories)) + weights(y_type, len(types))) / 2
-    steps = args.epochs * int(np.ceil(train.sum() / 32))
+    sample_weight = (weights(category_targets, len(categories)) + weights(type_targets, len(types))) / 2
+    steps = args.epochs * int(np.ceil(len(x_train) / 32))
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
-                  loss=[models.sparse_crossentropy(len(categories), label_smoothing=args.label_smoothing),
-                        models.sparse_crossentropy(len(types), label_smoothing=args.label_smoothing)])
+                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)] * 2)
     scorer = keras.Model(inputs, [embedding, category, article_type])
     features = keras.Model(inputs, pooled)
     # Which subCategory each articleType's training items belong to, for the head's vote.
@@ -76,7 +87,7 @@ def recipe(args: argparse.Namespace) -> None:
     evaluate_at = {int(e) for e in args.evaluate_at.split(",")}
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        model.fit(pixels[train], [y_category[train], y_type[train]], sample_weight=sample_weight, batch_size=32,
+        model.fit(x_train, [category_targets, type_targets], sample_weight=sample_weight, batch_size=32,
                   epochs=1, verbose=0, shuffle=True)
         line = f"epoch {epoch} {time.perf_counter() - start:.0f}s"
         if epoch in evaluate_at:
@@ -96,6 +107,46 @@ def recipe(args: argparse.Namespace) -> None:
                 np.savez(args.save_holdout, probabilities=p_category[q], truth=y_category[q],
                          categories=np.array(categories), epoch=epoch)
         print(line, flush=True)
+    if args.save_unlabelled:
+        ids, contents = load_unlabelled(Path(args.source_dir))
+        _, p_category, p_type = scorer.predict(options.decode_all(contents, args.size).astype(np.float32),
+                                               batch_size=64, verbose=0)
+        np.savez(args.save_unlabelled, ids=np.array(ids), category=p_category, article_type=p_type,
+                 categories=np.array(categories), types=np.array(types))
+        print(f"wrote the probabilities of {len(ids)} unlabelled photos to {args.save_unlabelled}", flush=True)
+
+
+def load_unlabelled(source_dir: Path) -> tuple[list[str], list[bytes]]:
+    """Ids and photo bytes of the photos in ``images/`` that have no row in ``labels.csv``, in id order."""
+    with open(source_dir / "labels.csv", newline="", encoding="utf-8") as handle:
+        labelled = {row["id"] for row in csv.DictReader(handle)}
+    paths = sorted(p for p in (source_dir / "images").glob("*.jpg") if p.stem not in labelled)
+    return [p.stem for p in paths], [p.read_bytes() for p in paths]
+
+
+def with_pseudo_labels(
+    args: argparse.Namespace, pixels: np.ndarray, category_targets: np.ndarray, type_targets: np.ndarray,
+    categories: list[str], types: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training set plus the unlabelled photos a teacher is confident about, with its probabilities as targets.
+
+    A teacher (``--save-unlabelled`` of an earlier run) gives each unlabelled photo its category and
+    articleType probabilities; photos whose top category probability is below ``--pseudo-threshold``
+    are left out (many unlabelled photos are of kinds no label covers).
+    """
+    teacher = np.load(args.pseudo_labels)
+    if list(teacher["categories"]) != categories or list(teacher["types"]) != types:
+        raise SystemExit(f"{args.pseudo_labels} was trained on other classes than these labels")
+    ids, contents = load_unlabelled(Path(args.source_dir))
+    if list(teacher["ids"]) != ids:
+        raise SystemExit(f"{args.pseudo_labels} holds other unlabelled photos than --source-dir's")
+    confident = teacher["category"].max(axis=1) >= args.pseudo_threshold
+    print(f"pseudo-labels: {confident.sum()} of {len(ids)} unlabelled photos, teacher probability >= "
+          f"{args.pseudo_threshold}", flush=True)
+    unlabelled = options.decode_all([c for c, keep in zip(contents, confident) if keep], args.size).astype(np.float32)
+    return (np.concatenate([pixels, unlabelled]),
+            np.concatenate([category_targets, teacher["category"][confident]]),
+            np.concatenate([type_targets, teacher["article_type"][confident]]))
 
 
 def most_confused(truth: np.ndarray, predicted: np.ndarray, top: int = 8) -> str:
@@ -182,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="of both heads' cross-entropy")
     parser.add_argument("--save-holdout", default=None, help="an .npz for the last measured holdout probabilities")
+    parser.add_argument("--save-unlabelled", default=None,
+                        help="an .npz for the trained network's probabilities of every photo without labels (a teacher)")
+    parser.add_argument("--pseudo-labels", default=None, help="an .npz of --save-unlabelled: train on those photos too")
+    parser.add_argument("--pseudo-threshold", type=float, default=0.5,
+                        help="with --pseudo-labels: least top category probability of the teacher for a photo to be used")
     parser.add_argument("--ensemble", nargs="+", default=None, help=".npz files of --save-holdout to average")
     parser.add_argument("--error-sheet", default=None, help="with --ensemble: a PNG of the misclassified photos")
     parser.add_argument("--flip-check", default=None, help="a bundle folder: compare flip-averaged classification instead")
