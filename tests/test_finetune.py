@@ -24,18 +24,20 @@ pytestmark = pytest.mark.slow
 
 SIZE = 64
 FROM_BLOCK = 14
+PSEUDO_LABELLED = 30  # of the subset's 50 unlabelled photos
 
 
 @pytest.fixture(scope="module")
 def finetuned(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One fine-tuning run (one epoch, 64 px) on the ~200 real photos of the test subset."""
+    """One fine-tuning run (one epoch, 64 px, then one epoch of self-training) on the ~200 real photos of the test subset."""
     work = tmp_path_factory.mktemp("finetune")
     config = load_config(
         "test",
         [
             f"storage.root={work / 'store'}", f"catalog.image_root={photo_subset}", "model.embedding=lite0_finetuned",
             f"model.image_size={SIZE}", "train.finetune_epochs=1", f"train.finetune_from_block={FROM_BLOCK}",
-            "train.min_article_type_count=3",
+            "train.min_article_type_count=3", "train.self_training_epochs=1", "train.pseudo_label_threshold=0.0",
+            f"train.max_pseudo_label_items={PSEUDO_LABELLED}",
         ],
         conf_dir=REPO / "conf",
     )
@@ -102,12 +104,21 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
 
     curves = metrics["training_curves"]["lite0_finetuned"]
     assert len(curves["loss"]) == 1 and {"category_loss", "article_type_loss", "val_loss"} <= set(curves)
+    # Self-training: the teacher scored a fixed sample of the unlabelled photos (threshold 0 keeps
+    # them all), and is measured on the same holdout as the student, the bundle's classifier.
+    self_training = metrics["self_training"]
+    unlabelled = sum(1 for r in rows if not r["category"])
+    assert unlabelled > PSEUDO_LABELLED
+    assert (self_training["unlabelled"], self_training["pseudo_labelled"]) == (PSEUDO_LABELLED, PSEUDO_LABELLED)
+    assert (self_training["threshold"], self_training["epochs"]) == (0.0, 1)
+    assert 0.0 <= self_training["teacher_accuracy"] <= 1.0
+    assert len(self_training["teacher_curves"]["loss"]) == 1
     # The fine-tuned classifier learns every category with train.finetune_min_class_count training items.
     train_categories = [r["category"] for r in rows if r["category"] and split[r["item_id"]] == "train"]
     minimum = int(config["train"]["finetune_min_class_count"])
     assert manifest.classes == sorted({c for c in train_categories if train_categories.count(c) >= minimum})
     train_types = [r["article_type"] for r in labelled if split[r["item_id"]] == "train"]
-    assert curves["article_types"] == sorted({t for t in train_types if train_types.count(t) >= 3})
+    assert metrics["article_types"] == sorted({t for t in train_types if train_types.count(t) >= 3})
 
 
 def test_an_unknown_embedding_is_refused_before_any_work(spark, make_config):

@@ -80,16 +80,3 @@ def test_lite0_embedder_gives_the_pretrained_features_and_survives_a_save(tmp_pa
     path = tmp_path / "lite0.keras"
     embedder.save(path)
     assert np.allclose(keras.models.load_model(path).predict(pixels, verbose=0), features, atol=1e-5)
-
-
-def test_sparse_crossentropy_smooths_labels_and_keeps_one_loss_per_item():
-    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
-    labels = np.array([0, 1])
-    plain = keras.ops.convert_to_numpy(models.sparse_crossentropy(3)(labels, probabilities))
-    np.testing.assert_allclose(plain, [-np.log(0.7), -np.log(0.1)], rtol=1e-5)
-    smoothed = keras.ops.convert_to_numpy(models.sparse_crossentropy(3, label_smoothing=0.3)(labels, probabilities))
-    # Targets 0.8 / 0.1 / 0.1 on the label, the 0.3 spread evenly over the three classes.
-    targets = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
-    np.testing.assert_allclose(smoothed, -(targets * np.log(probabilities)).sum(axis=1), rtol=1e-5)
-    with pytest.raises(ValueError, match="label_smoothing"):
-        models.sparse_crossentropy(3, label_smoothing=1.0)

@@ -10,7 +10,15 @@ from PIL import Image
 from pyspark.testing import assertDataFrameEqual
 
 from lookalike.holdout import split_of
-from lookalike.training import _class_weights, assign_split, choose_classes, evaluate_classifier, pixels_udf
+from lookalike.training import (
+    _class_weights,
+    _with_target_weights,
+    assign_split,
+    choose_classes,
+    evaluate_classifier,
+    pixels_udf,
+    pseudo_labels,
+)
 
 
 def _jpeg(colour: tuple[int, int, int], size: int = 40) -> bytes:
@@ -92,3 +100,55 @@ def test_class_weights_favour_rare_classes_within_bounds():
     assert weights[0] == pytest.approx(0.5)  # 100 / 240, raised to the floor
     assert weights[1] == pytest.approx(100 / 60)
     assert weights[2] == pytest.approx(5.0)
+
+
+def test_target_weights_count_each_train_rows_top_class(spark):
+    """One-hot and soft targets both count for their top class, over the train split only; a row
+    with no articleType target (all zeros) gets articleType weight 0."""
+    schema = "split string, category_target array<float>, type_target array<float>"
+    rows = spark.createDataFrame(
+        [("train", [1.0, 0.0], [1.0, 0.0, 0.0])] * 3
+        + [("train", [0.2, 0.8], [0.0, 0.0, 0.0]), ("validation", [0.0, 1.0], [0.0, 0.0, 1.0])],
+        schema,
+    )
+    # Train counts: categories 3 and 1 of 4 items; articleType 0 three times.
+    expected = spark.createDataFrame(
+        [("train", [1.0, 0.0], [1.0, 0.0, 0.0], 4 / 6, 0.5)] * 3
+        + [("train", [0.2, 0.8], [0.0, 0.0, 0.0], 2.0, 0.0), ("validation", [0.0, 1.0], [0.0, 0.0, 1.0], 2.0, 1.0)],
+        schema + ", category_weight float, type_weight float",
+    )
+    assertDataFrameEqual(_with_target_weights(rows, 2, 3), expected, rtol=1e-6)
+
+
+def test_pseudo_labels_keep_the_photos_the_teacher_is_sure_of(spark, make_config):
+    """Photos come through Petastorm in any order; each keeps its own id and the teacher's two
+    probability vectors, and a photo whose top category probability is below the threshold is left out."""
+    import keras
+
+    config = make_config()
+    size = int(config["model"]["image_size"])
+    inputs = keras.Input((size, size, 3))
+    mean_colour = keras.layers.GlobalAveragePooling2D()(inputs)
+    category = keras.layers.Dense(2, activation="softmax", name="category")(mean_colour)
+    article_type = keras.layers.Dense(3, activation="softmax", name="article_type")(mean_colour)
+    teacher = keras.Model(inputs, {"category": category, "article_type": article_type})
+    # Category logits (red - blue) / 32 and its opposite; articleType logits the colour / 64.
+    teacher.get_layer("category").set_weights([np.array([[1, -1], [0, 0], [-1, 1]]) / 32, np.zeros(2)])
+    teacher.get_layer("article_type").set_weights([np.eye(3) / 64, np.zeros(3)])
+    colours = {"red": (250, 0, 0), "blue": (0, 0, 250), "grey": (128, 128, 128), "pink": (250, 120, 150)}
+    pixels = {name: np.full((size, size, 3), colour, np.uint8) for name, colour in colours.items()}
+    unlabelled = spark.createDataFrame([(name, p.tobytes()) for name, p in pixels.items()], "item_id string, pixels binary")
+
+    kept = pseudo_labels(spark, config, teacher, unlabelled.repartition(2), threshold=0.6)
+
+    out = teacher.predict(np.stack(list(pixels.values())).astype(np.float32), verbose=0)
+    expected = [
+        (name, out["category"][i].tolist(), out["article_type"][i].tolist())
+        for i, name in enumerate(pixels)
+        if out["category"][i].max() >= 0.6
+    ]
+    assert [row[0] for row in expected] == ["red", "blue", "pink"]  # grey is a tie, 0.5 / 0.5
+    assertDataFrameEqual(
+        kept, spark.createDataFrame(expected, "item_id string, category_target array<float>, type_target array<float>"),
+        rtol=1e-5,
+    )

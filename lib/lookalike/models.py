@@ -6,8 +6,6 @@ itself, so training and scoring feed the same decoded arrays.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 import keras
@@ -184,34 +182,6 @@ def build_lite0_finetune(
     trainer = keras.Model(inputs, {"category": category, "article_type": article_type}, name="lite0_finetune")
     classifier = keras.Model(inputs, category, name="lite0_finetuned_classifier")
     return trainer, classifier
-
-
-def sparse_crossentropy(num_classes: int, *, label_smoothing: float = 0.0) -> Callable[..., object]:
-    """Per-item cross-entropy of integer labels against softmax outputs, with label smoothing.
-
-    Keras's sparse cross-entropy has no label smoothing, so the labels are one-hot encoded first.
-    The loss returns one value per item, so that Keras applies the sample weights before reducing.
-
-    Parameters
-    ----------
-    num_classes : int
-        Width of the softmax output.
-    label_smoothing : float
-        Share of each target's probability spread evenly over all classes (0: plain cross-entropy).
-
-    Returns
-    -------
-    callable
-        ``loss(labels, probabilities) -> (n,)`` tensor.
-    """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-
-    def loss(labels, probabilities):
-        targets = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(labels, (-1,)), "int32"), num_classes)
-        return keras.losses.categorical_crossentropy(targets, probabilities, label_smoothing=label_smoothing)
-
-    return loss
 
 
 def penultimate_embedder(classifier: keras.Model) -> keras.Model:

@@ -7,6 +7,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -101,22 +102,25 @@ def petastorm_dataset(
     epochs: int | None = None,
     targets: Mapping[str, tuple[str, str]] | None = None,
     batch_size: int | None = None,
+    ids: str | None = None,
 ) -> Iterator[tuple[Any, int]]:
     """A ``tf.data`` dataset over ``df`` through Petastorm's Spark converter.
 
     Parameters
     ----------
     targets : mapping, optional
-        For a model with named outputs: output name -> (label column, sample-weight column).
-        Batches are then ``(pixels, {output: label}, {output: weight})``.
+        For a model with named outputs: output name -> (target column, sample-weight column).
+        Batches are then ``(pixels, {output: target}, {output: weight})``.
     batch_size : int, optional
         Rows per batch (default: ``train.batch_size``).
+    ids : str, optional
+        A key column: batches are then ``(pixels, key)``, for scoring rows whatever order they come in.
 
     Yields
     ------
     (tf.data.Dataset, int)
         Batches of ``(pixels, label)`` (or ``(pixels, pixels / 255)`` without labels, or the
-        ``targets`` form) and the row count.
+        ``targets`` or ``ids`` form) and the row count.
     """
     import tensorflow as tf
     from petastorm import TransformSpec
@@ -130,6 +134,8 @@ def petastorm_dataset(
 
     if targets:
         fields = ["pixels", *dict.fromkeys(c for pair in targets.values() for c in pair)]
+    elif ids:
+        fields = ["pixels", ids]
     else:
         fields = ["pixels", "label"] if with_labels else ["pixels"]
 
@@ -155,6 +161,8 @@ def petastorm_dataset(
                         {name: getattr(row, weight) for name, (_, weight) in targets.items()},
                     )
                 )
+            elif ids:
+                dataset = dataset.map(lambda row: (row.pixels, getattr(row, ids)))
             elif with_labels:
                 dataset = dataset.map(lambda row: (row.pixels, row.label))
             else:
@@ -261,48 +269,61 @@ def _train_small_classifier(
     return classifier, {"classifier": _fit_curves(history)}
 
 
-def _finetune_lite0(
-    spark: SparkSession, config: Mapping[str, Any], learnable: DataFrame, classes: list[str]
-) -> tuple[Any, dict[str, Any]]:
-    """Fine-tune pretrained Lite0 on category and articleType, fed through Petastorm.
+def _one_hot_column(index: Column, size: int) -> Column:
+    """A float array of ``size`` with 1 at ``index``; all zeros where ``index`` is null."""
+    return F.array(*[F.when(index == i, F.lit(1.0)).otherwise(F.lit(0.0)).cast("float") for i in range(size)])
 
-    Tail classes: an articleType with fewer than ``train.min_article_type_count`` training items
-    gets no head of its own (its items still train the category head, with articleType weight 0),
-    and inverse-frequency weights, clipped to [0.5, 5], keep small classes from being ignored
-    without letting a handful of photos dominate.
+
+def _top_class(target: str) -> Column:
+    """The index of the largest value of a target array (0-based): a soft target's class, for its weight."""
+    return (F.array_position(F.col(target), F.array_max(F.col(target))) - 1).cast("int")
+
+
+def _with_target_weights(rows: DataFrame, num_classes: int, num_article_types: int) -> DataFrame:
+    """Add ``category_weight`` and ``type_weight``: inverse-frequency weights of each row's top class.
+
+    Counted over the train split; a row whose articleType target is all zeros (no articleType of
+    the head) gets articleType weight 0.
+    """
+    with_top = rows.withColumn("category_top", _top_class("category_target")).withColumn(
+        "type_top", F.when(F.array_max("type_target") > 0, _top_class("type_target"))
+    )
+    train = with_top.where("split = 'train'")
+    category_counts = {r[0]: r[1] for r in train.groupBy("category_top").count().collect()}
+    type_counts = {r[0]: r[1] for r in train.where("type_top IS NOT NULL").groupBy("type_top").count().collect()}
+    return with_top.select(
+        *rows.columns,
+        _weight_column(category_counts, num_classes, "category_top").cast("float").alias("category_weight"),
+        _weight_column(type_counts, num_article_types, "type_top").cast("float").alias("type_weight"),
+    )
+
+
+def _fit_lite0(
+    spark: SparkSession, config: Mapping[str, Any], rows: DataFrame, *, num_classes: int, num_article_types: int, epochs: int
+) -> tuple[Any, Any, dict[str, list[float]]]:
+    """Train one fine-tuned Lite0 on ``rows``' train split, early-stopped on its validation split.
+
+    ``rows`` holds ``split``, ``pixels`` and the probability targets ``category_target`` and
+    ``type_target`` (one-hot for labelled items, a teacher's probabilities for pseudo-labelled ones).
+
+    Returns
+    -------
+    (keras.Model, keras.Model, dict)
+        The two-headed trainer, its category classifier, and the training curves.
     """
     import keras
 
     from lookalike import models
 
     model_conf, train_conf = config["model"], config["train"]
-    train_rows = learnable.where("split = 'train'")
-    type_counts = train_rows.where(F.col("article_type").isNotNull()).groupBy("article_type").count().collect()
-    min_type = int(train_conf["min_article_type_count"])
-    article_types = sorted(r["article_type"] for r in type_counts if r["count"] >= min_type)
-    if not article_types:
-        raise ValueError(f"lite0_finetuned needs articleTypes with >= {min_type} labelled training items, found none")
-    with_types = learnable.withColumn("article_label", _index_column(article_types, "article_type"))
-    label_counts = {r["label"]: r["count"] for r in train_rows.groupBy("label").count().collect()}
-    type_label_counts = {
-        r["article_label"]: r["count"]
-        for r in with_types.where("split = 'train' AND article_label IS NOT NULL").groupBy("article_label").count().collect()
-    }
-    weighted = with_types.select(
-        "split", "pixels", "label",
-        F.coalesce(F.col("article_label"), F.lit(0)).alias("article_label"),  # weight 0 below: any valid index
-        _weight_column(label_counts, len(classes), "label").cast("float").alias("label_weight"),
-        _weight_column(type_label_counts, len(article_types), "article_label").cast("float").alias("article_weight"),
-    )
-    log.info("lite0_finetuned: %d categories, %d articleTypes with >= %d training items", len(classes), len(article_types), min_type)
-
+    weighted = _with_target_weights(rows, num_classes, num_article_types)
     trainer, classifier = models.build_lite0_finetune(
-        num_classes=len(classes), num_article_types=len(article_types), image_size=int(model_conf["image_size"]),
+        num_classes=num_classes, num_article_types=num_article_types, image_size=int(model_conf["image_size"]),
         embedding_dim=int(model_conf["embedding_dim"]), train_from_block=int(train_conf["finetune_from_block"]),
         seed=int(model_conf["seed"]),
     )
-    batch_size, epochs = int(train_conf["finetune_batch_size"]), int(train_conf["finetune_epochs"])
-    targets = {"category": ("label", "label_weight"), "article_type": ("article_label", "article_weight")}
+    batch_size = int(train_conf["finetune_batch_size"])
+    targets = {"category": ("category_target", "category_weight"), "article_type": ("type_target", "type_weight")}
     with petastorm_dataset(spark, config, weighted.where("split = 'train'"), with_labels=True, shuffle=True, targets=targets,
                            batch_size=batch_size) as (
         train_ds,
@@ -319,10 +340,10 @@ def _finetune_lite0(
         trainer.compile(
             optimizer=keras.optimizers.Adam(schedule),
             loss={
-                "category": models.sparse_crossentropy(len(classes), label_smoothing=smoothing),
-                "article_type": models.sparse_crossentropy(len(article_types), label_smoothing=smoothing),
+                "category": keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
+                "article_type": keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
             },
-            weighted_metrics={"category": ["accuracy"], "article_type": ["accuracy"]},
+            weighted_metrics={"category": ["categorical_accuracy"], "article_type": ["categorical_accuracy"]},
         )
         history = trainer.fit(
             train_ds,
@@ -335,9 +356,122 @@ def _finetune_lite0(
             else [],
             verbose=2,
         )
-    curves = _fit_curves(history)
-    curves["article_types"] = article_types  # the articleType head's classes, for reading the curves
-    return classifier, {"lite0_finetuned": curves}
+    return trainer, classifier, _fit_curves(history)
+
+
+def pseudo_labels(
+    spark: SparkSession, config: Mapping[str, Any], teacher: Any, unlabelled: DataFrame, *, threshold: float
+) -> DataFrame:
+    """A teacher's category and articleType probabilities for the unlabelled photos it is confident about.
+
+    The photos come through Petastorm, like the training data, and are scored on the driver.
+
+    Parameters
+    ----------
+    teacher : keras.Model
+        A trainer of :func:`lookalike.models.build_lite0_finetune`.
+    unlabelled : DataFrame
+        ``item_id`` and ``pixels``.
+    threshold : float
+        Least top category probability for a photo to be kept: many unlabelled photos are of
+        kinds no learnt category covers, and a teacher's guesses on them would teach noise.
+
+    Returns
+    -------
+    DataFrame
+        ``item_id``, ``category_target`` and ``type_target`` (float arrays, the probabilities).
+    """
+    scored: list[tuple[str, list[float], list[float]]] = []
+    with petastorm_dataset(spark, config, unlabelled.select("item_id", "pixels"), with_labels=False, shuffle=False,
+                           epochs=1, ids="item_id") as (dataset, _):
+        for pixels, item_ids in dataset:
+            out = teacher.predict_on_batch(pixels)
+            category, article_type = out["category"], out["article_type"]
+            for item_id, p_category, p_type in zip(item_ids.numpy(), category, article_type):
+                if p_category.max() >= threshold:
+                    scored.append((item_id.decode("utf-8"), p_category.tolist(), p_type.tolist()))
+    return spark.createDataFrame(scored, "item_id string, category_target array<float>, type_target array<float>")
+
+
+@dataclass
+class Finetuned:
+    """What fine-tuning Lite0 produced.
+
+    Attributes
+    ----------
+    classifier : keras.Model
+        The bundle's network (the student, with self-training).
+    curves : dict
+        Its training curves.
+    article_types : list of str
+        The articleType head's classes.
+    teacher : keras.Model or None
+        With self-training: the network trained on the labelled items alone.
+    self_training : dict or None
+        With self-training: unlabelled photos scored, pseudo-labelled, the threshold, the
+        student's epochs and the teacher's training curves.
+    """
+
+    classifier: Any
+    curves: dict[str, list[float]]
+    article_types: list[str]
+    teacher: Any = None
+    self_training: dict[str, Any] | None = None
+
+
+def _finetune_lite0(
+    spark: SparkSession, config: Mapping[str, Any], learnable: DataFrame, classes: list[str], unlabelled: DataFrame
+) -> Finetuned:
+    """Fine-tune pretrained Lite0 on category and articleType, fed through Petastorm; then, by default, self-train.
+
+    Tail classes: an articleType with fewer than ``train.min_article_type_count`` training items
+    gets no head of its own (its items still train the category head, with articleType weight 0),
+    and inverse-frequency weights, clipped to [0.5, 5], keep small classes from being ignored
+    without letting a handful of photos dominate.
+
+    Self-training (``train.self_training_epochs`` > 0): the network trained on the labelled items
+    is a teacher. It scores the catalog's unlabelled photos (``unlabelled``: ``item_id``,
+    ``pixels``), and a second network, the student, from the same pretrained start, trains on the
+    labelled items plus the unlabelled photos whose top category probability reaches
+    ``train.pseudo_label_threshold``, with the teacher's probabilities as their targets.
+    """
+    train_conf = config["train"]
+    train_rows = learnable.where("split = 'train'")
+    type_counts = train_rows.where(F.col("article_type").isNotNull()).groupBy("article_type").count().collect()
+    min_type = int(train_conf["min_article_type_count"])
+    article_types = sorted(r["article_type"] for r in type_counts if r["count"] >= min_type)
+    if not article_types:
+        raise ValueError(f"lite0_finetuned needs articleTypes with >= {min_type} labelled training items, found none")
+    labelled = learnable.select(
+        "split", "pixels",
+        _one_hot_column(F.col("label"), len(classes)).alias("category_target"),
+        # All zeros (articleType weight 0) for a type without a head output of its own.
+        _one_hot_column(_index_column(article_types, "article_type"), len(article_types)).alias("type_target"),
+    )
+    log.info("lite0_finetuned: %d categories, %d articleTypes with >= %d training items", len(classes), len(article_types), min_type)
+    sizes = {"num_classes": len(classes), "num_article_types": len(article_types)}
+    trainer, classifier, curves = _fit_lite0(spark, config, labelled, **sizes, epochs=int(train_conf["finetune_epochs"]))
+    student_epochs = int(train_conf["self_training_epochs"])
+    if not student_epochs:
+        return Finetuned(classifier, curves, article_types)
+
+    limit = int(train_conf["max_pseudo_label_items"])
+    if limit:
+        unlabelled = unlabelled.orderBy(F.xxhash64("item_id")).limit(limit)
+    threshold = float(train_conf["pseudo_label_threshold"])
+    confident = pseudo_labels(spark, config, trainer, unlabelled, threshold=threshold).cache()
+    try:
+        record = {"unlabelled": unlabelled.count(), "pseudo_labelled": confident.count(), "threshold": threshold,
+                  "epochs": student_epochs, "teacher_curves": curves}
+        log.info("self-training: %d of %d unlabelled photos pseudo-labelled (teacher probability >= %s)",
+                 record["pseudo_labelled"], record["unlabelled"], threshold)
+        pseudo = confident.join(unlabelled.select("item_id", "pixels"), "item_id").select(
+            F.lit("train").alias("split"), "pixels", "category_target", "type_target"
+        )
+        _, student, student_curves = _fit_lite0(spark, config, labelled.unionByName(pseudo), **sizes, epochs=student_epochs)
+    finally:
+        confident.unpersist()
+    return Finetuned(student, student_curves, article_types, teacher=classifier, self_training=record)
 
 
 def embedding_quality(scorer: Any, labelled: pd.DataFrame, size: int, *, batch_size: int = 64) -> dict[str, Any]:
@@ -411,15 +545,23 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         counts = {r["split"]: r["count"] for r in learnable.groupBy("split").count().collect()}
         log.info("classifier: %d classes, items per split %s", len(classes), counts)
 
+        finetuned = None
         if embedding == "lite0_finetuned":
-            classifier, curves = _finetune_lite0(spark, config, learnable, classes)
+            finetuned = _finetune_lite0(spark, config, learnable, classes, frame.where(F.col("category").isNull()))
+            classifier, curves = finetuned.classifier, {"lite0_finetuned": finetuned.curves}
         else:
             classifier, curves = _train_small_classifier(spark, config, learnable, classes)
 
         holdout = learnable.where("split = 'holdout'").select("pixels", "label").toPandas()
         holdout_pixels = _pixels_array(holdout["pixels"], size)
-        evaluation = evaluate_classifier(classifier, holdout_pixels, holdout["label"].to_numpy(dtype=int), classes)
+        holdout_labels = holdout["label"].to_numpy(dtype=int)
+        evaluation = evaluate_classifier(classifier, holdout_pixels, holdout_labels, classes)
         log.info("classifier holdout accuracy %.3f on %d items", evaluation["accuracy"] or float("nan"), evaluation["holdout_items"])
+        self_training = finetuned.self_training if finetuned else None
+        if self_training:
+            teacher = evaluate_classifier(finetuned.teacher, holdout_pixels, holdout_labels, classes)
+            self_training["teacher_accuracy"] = teacher["accuracy"]
+            log.info("self-training: the teacher's holdout accuracy was %.3f", teacher["accuracy"] or float("nan"))
 
         embedder = None
         if embedding == "autoencoder":
@@ -461,7 +603,8 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             log.info("embedding holdout: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in quality.items()})
         metrics = {
             "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
-            "evaluation": quality,
+            "evaluation": quality, "self_training": self_training,
+            "article_types": finetuned.article_types if finetuned else None,
             "split": {
                 "rule": SPLIT_RULE,
                 "holdout_fraction": float(model_conf["holdout_fraction"]),
