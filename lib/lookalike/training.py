@@ -301,7 +301,10 @@ def _with_target_weights(rows: DataFrame, num_classes: int, num_article_types: i
 def _fit_lite0(
     spark: SparkSession, config: Mapping[str, Any], rows: DataFrame, *, num_classes: int, num_article_types: int, epochs: int
 ) -> tuple[Any, Any, dict[str, list[float]]]:
-    """Train one fine-tuned Lite0 on ``rows``' train split, early-stopped on its validation split.
+    """Train one fine-tuned Lite0 on ``rows``' train split, with curves on its validation split.
+
+    With ``train.finetune_early_stopping_patience`` > 0 it stops early on the validation loss and
+    restores the best epoch; with 0 it runs the whole cosine schedule to a learning rate of 0.
 
     ``rows`` holds ``split``, ``pixels`` and the probability targets ``category_target`` and
     ``type_target`` (one-hot for labelled items, a teacher's probabilities for pseudo-labelled ones).
@@ -337,6 +340,8 @@ def _fit_lite0(
         # Cosine decay over the whole run: large steps while the new heads settle, small ones at the end.
         schedule = keras.optimizers.schedules.CosineDecay(float(train_conf["finetune_learning_rate"]), steps * epochs)
         smoothing = float(train_conf["finetune_label_smoothing"])
+        # Stopping early restores a mid-schedule epoch, taken at a learning rate still near its start.
+        patience = int(train_conf["finetune_early_stopping_patience"])
         trainer.compile(
             optimizer=keras.optimizers.Adam(schedule),
             loss={
@@ -351,8 +356,8 @@ def _fit_lite0(
             epochs=epochs,
             validation_data=val_ds if n_val else None,
             validation_steps=max(1, math.ceil(n_val / batch_size)) if n_val else None,
-            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)]
-            if n_val
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)]
+            if n_val and patience
             else [],
             verbose=2,
         )
