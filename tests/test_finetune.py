@@ -29,14 +29,15 @@ PSEUDO_LABELLED = 30  # of the subset's 50 unlabelled photos
 
 @pytest.fixture(scope="module")
 def finetuned(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One fine-tuning run (one epoch, 64 px, then one epoch of self-training) on the ~200 real photos of the test subset."""
+    """One fine-tuning run (one epoch, 64 px, then two rounds of one epoch of self-training) on the ~200 real photos of the test subset."""
     work = tmp_path_factory.mktemp("finetune")
     config = load_config(
         "test",
         [
             f"storage.root={work / 'store'}", f"catalog.image_root={photo_subset}", "model.embedding=lite0_finetuned",
             f"model.image_size={SIZE}", "train.finetune_epochs=1", f"train.finetune_from_block={FROM_BLOCK}",
-            "train.min_article_type_count=3", "train.self_training_epochs=1", "train.pseudo_label_threshold=0.0",
+            "train.min_article_type_count=3", "train.self_training_rounds=2", "train.self_training_epochs=1",
+            "train.pseudo_label_threshold=0.0",
             f"train.max_pseudo_label_items={PSEUDO_LABELLED}",
         ],
         conf_dir=REPO / "conf",
@@ -103,16 +104,25 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
     assert metrics["classifier"]["holdout_items"] == sum(1 for r in labelled if split[r["item_id"]] == "holdout")
 
     curves = metrics["training_curves"]["lite0_finetuned"]
-    assert len(curves["loss"]) == 1 and {"category_loss", "article_type_loss", "val_loss"} <= set(curves)
-    # Self-training: the teacher scored a fixed sample of the unlabelled photos (threshold 0 keeps
-    # them all), and is measured on the same holdout as the student, the bundle's classifier.
+    # With the whole schedule (no early stopping) the validation items train too: no validation curve.
+    assert len(curves["loss"]) == 1 and {"category_loss", "article_type_loss"} <= set(curves)
+    assert "val_loss" not in curves
+    learnt = [r for r in rows if r["category"] in manifest.classes and split[r["item_id"]] in ("train", "validation")]
+    # Self-training: each round's teacher scored the same fixed sample of the unlabelled photos
+    # (threshold 0 keeps them all); the first teacher trained on the labelled items alone, the
+    # second is the first student. Each is measured on the same holdout as the bundle's classifier.
     self_training = metrics["self_training"]
     unlabelled = sum(1 for r in rows if not r["category"])
     assert unlabelled > PSEUDO_LABELLED
-    assert (self_training["unlabelled"], self_training["pseudo_labelled"]) == (PSEUDO_LABELLED, PSEUDO_LABELLED)
-    assert (self_training["threshold"], self_training["epochs"]) == (0.0, 1)
-    assert 0.0 <= self_training["teacher_accuracy"] <= 1.0
-    assert len(self_training["teacher_curves"]["loss"]) == 1
+    assert (self_training["unlabelled"], self_training["threshold"], self_training["epochs"]) == (PSEUDO_LABELLED, 0.0, 1)
+    rounds = self_training["rounds"]
+    assert [(r["pseudo_labelled"], r["teacher_items"]) for r in rounds] == [
+        (PSEUDO_LABELLED, len(learnt)), (PSEUDO_LABELLED, len(learnt) + PSEUDO_LABELLED)
+    ]
+    assert metrics["trained_items"] == len(learnt) + PSEUDO_LABELLED
+    for record in rounds:
+        assert 0.0 <= record["teacher_accuracy"] <= 1.0
+        assert len(record["teacher_curves"]["loss"]) == 1
     # The fine-tuned classifier learns every category with train.finetune_min_class_count training items.
     train_categories = [r["category"] for r in rows if r["category"] and split[r["item_id"]] == "train"]
     minimum = int(config["train"]["finetune_min_class_count"])
@@ -124,6 +134,12 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
 def test_an_unknown_embedding_is_refused_before_any_work(spark, make_config):
     config = make_config("model.embedding=lite1")
     with pytest.raises(ValueError, match="model.embedding must be one of autoencoder, .*lite0_finetuned"):
+        train_models(spark, config)
+
+
+def test_early_stopping_without_held_out_validation_is_refused_before_any_work(spark, make_config):
+    config = make_config("model.embedding=lite0_finetuned", "train.finetune_early_stopping_patience=2")
+    with pytest.raises(ValueError, match="needs held-out validation items"):
         train_models(spark, config)
 
 

@@ -7,7 +7,7 @@ import math
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -298,27 +298,42 @@ def _with_target_weights(rows: DataFrame, num_classes: int, num_article_types: i
     )
 
 
+@dataclass
+class FittedLite0:
+    """One trained fine-tuned Lite0: the two-headed trainer, its category classifier, its training
+    curves, and how many rows it trained on."""
+
+    trainer: Any
+    classifier: Any
+    curves: dict[str, list[float]]
+    items: int
+
+
 def _fit_lite0(
     spark: SparkSession, config: Mapping[str, Any], rows: DataFrame, *, num_classes: int, num_article_types: int, epochs: int
-) -> tuple[Any, Any, dict[str, list[float]]]:
+) -> FittedLite0:
     """Train one fine-tuned Lite0 on ``rows``' train split, with curves on its validation split.
 
     With ``train.finetune_early_stopping_patience`` > 0 it stops early on the validation loss and
-    restores the best epoch; with 0 it runs the whole cosine schedule to a learning rate of 0.
+    restores the best epoch; with 0 it runs the whole cosine schedule to a learning rate of 0, and
+    with ``train.finetune_train_on_validation`` the validation items train too (nothing is chosen
+    on them then; the curves have no validation figures).
 
     ``rows`` holds ``split``, ``pixels`` and the probability targets ``category_target`` and
     ``type_target`` (one-hot for labelled items, a teacher's probabilities for pseudo-labelled ones).
 
     Returns
     -------
-    (keras.Model, keras.Model, dict)
-        The two-headed trainer, its category classifier, and the training curves.
+    FittedLite0
     """
     import keras
 
     from lookalike import models
 
     model_conf, train_conf = config["model"], config["train"]
+    patience = int(train_conf["finetune_early_stopping_patience"])
+    if bool(train_conf["finetune_train_on_validation"]):
+        rows = rows.withColumn("split", F.when(F.col("split") == "validation", "train").otherwise(F.col("split")))
     weighted = _with_target_weights(rows, num_classes, num_article_types)
     trainer, classifier = models.build_lite0_finetune(
         num_classes=num_classes, num_article_types=num_article_types, image_size=int(model_conf["image_size"]),
@@ -341,7 +356,6 @@ def _fit_lite0(
         schedule = keras.optimizers.schedules.CosineDecay(float(train_conf["finetune_learning_rate"]), steps * epochs)
         smoothing = float(train_conf["finetune_label_smoothing"])
         # Stopping early restores a mid-schedule epoch, taken at a learning rate still near its start.
-        patience = int(train_conf["finetune_early_stopping_patience"])
         trainer.compile(
             optimizer=keras.optimizers.Adam(schedule),
             loss={
@@ -361,7 +375,7 @@ def _fit_lite0(
             else [],
             verbose=2,
         )
-    return trainer, classifier, _fit_curves(history)
+    return FittedLite0(trainer, classifier, _fit_curves(history), n_train)
 
 
 def pseudo_labels(
@@ -405,22 +419,25 @@ class Finetuned:
     Attributes
     ----------
     classifier : keras.Model
-        The bundle's network (the student, with self-training).
+        The bundle's network (the last student, with self-training).
     curves : dict
         Its training curves.
     article_types : list of str
-        The articleType head's classes.
-    teacher : keras.Model or None
-        With self-training: the network trained on the labelled items alone.
+        The articleType heads' classes.
+    items : int
+        Rows the bundle's network trained on (labelled and pseudo-labelled).
+    teachers : list of keras.Model
+        With self-training: each round's teacher, the first trained on the labelled items alone.
     self_training : dict or None
-        With self-training: unlabelled photos scored, pseudo-labelled, the threshold, the
-        student's epochs and the teacher's training curves.
+        With self-training: unlabelled photos scored, the threshold, the students' epochs, and per
+        round (``rounds``) the photos pseudo-labelled and the teacher's training curves.
     """
 
     classifier: Any
     curves: dict[str, list[float]]
     article_types: list[str]
-    teacher: Any = None
+    items: int
+    teachers: list[Any] = field(default_factory=list)
     self_training: dict[str, Any] | None = None
 
 
@@ -434,11 +451,12 @@ def _finetune_lite0(
     and inverse-frequency weights, clipped to [0.5, 5], keep small classes from being ignored
     without letting a handful of photos dominate.
 
-    Self-training (``train.self_training_epochs`` > 0): the network trained on the labelled items
-    is a teacher. It scores the catalog's unlabelled photos (``unlabelled``: ``item_id``,
-    ``pixels``), and a second network, the student, from the same pretrained start, trains on the
-    labelled items plus the unlabelled photos whose top category probability reaches
-    ``train.pseudo_label_threshold``, with the teacher's probabilities as their targets.
+    Self-training (``train.self_training_rounds`` > 0): the network trained on the labelled items
+    is the first teacher. It scores the catalog's unlabelled photos (``unlabelled``: ``item_id``,
+    ``pixels``), and a student, from the same pretrained start, trains for
+    ``train.self_training_epochs`` on the labelled items plus the unlabelled photos whose top
+    category probability reaches ``train.pseudo_label_threshold``, with the teacher's
+    probabilities as their targets. Each further round's teacher is the previous round's student.
     """
     train_conf = config["train"]
     train_rows = learnable.where("split = 'train'")
@@ -455,28 +473,34 @@ def _finetune_lite0(
     )
     log.info("lite0_finetuned: %d categories, %d articleTypes with >= %d training items", len(classes), len(article_types), min_type)
     sizes = {"num_classes": len(classes), "num_article_types": len(article_types)}
-    trainer, classifier, curves = _fit_lite0(spark, config, labelled, **sizes, epochs=int(train_conf["finetune_epochs"]))
-    student_epochs = int(train_conf["self_training_epochs"])
-    if not student_epochs:
-        return Finetuned(classifier, curves, article_types)
+    fitted = _fit_lite0(spark, config, labelled, **sizes, epochs=int(train_conf["finetune_epochs"]))
+    rounds, student_epochs = int(train_conf["self_training_rounds"]), int(train_conf["self_training_epochs"])
+    if not (rounds and student_epochs):
+        return Finetuned(fitted.classifier, fitted.curves, article_types, fitted.items)
 
     limit = int(train_conf["max_pseudo_label_items"])
     if limit:
         unlabelled = unlabelled.orderBy(F.xxhash64("item_id")).limit(limit)
+    unlabelled = unlabelled.select("item_id", "pixels")  # of the cached training frame
     threshold = float(train_conf["pseudo_label_threshold"])
-    confident = pseudo_labels(spark, config, trainer, unlabelled, threshold=threshold).cache()
-    try:
-        record = {"unlabelled": unlabelled.count(), "pseudo_labelled": confident.count(), "threshold": threshold,
-                  "epochs": student_epochs, "teacher_curves": curves}
-        log.info("self-training: %d of %d unlabelled photos pseudo-labelled (teacher probability >= %s)",
-                 record["pseudo_labelled"], record["unlabelled"], threshold)
-        pseudo = confident.join(unlabelled.select("item_id", "pixels"), "item_id").select(
-            F.lit("train").alias("split"), "pixels", "category_target", "type_target"
-        )
-        _, student, student_curves = _fit_lite0(spark, config, labelled.unionByName(pseudo), **sizes, epochs=student_epochs)
-    finally:
-        confident.unpersist()
-    return Finetuned(student, student_curves, article_types, teacher=classifier, self_training=record)
+    record: dict[str, Any] = {"unlabelled": unlabelled.count(), "threshold": threshold, "epochs": student_epochs, "rounds": []}
+    teachers = []
+    for round_number in range(1, rounds + 1):
+        confident = pseudo_labels(spark, config, fitted.trainer, unlabelled, threshold=threshold).cache()
+        try:
+            pseudo_labelled = confident.count()
+            log.info("self-training round %d of %d: %d of %d unlabelled photos pseudo-labelled (teacher probability >= %s)",
+                     round_number, rounds, pseudo_labelled, record["unlabelled"], threshold)
+            record["rounds"].append({"pseudo_labelled": pseudo_labelled, "teacher_curves": fitted.curves,
+                                     "teacher_items": fitted.items})
+            teachers.append(fitted.classifier)
+            pseudo = confident.join(unlabelled, "item_id").select(
+                F.lit("train").alias("split"), "pixels", "category_target", "type_target"
+            )
+            fitted = _fit_lite0(spark, config, labelled.unionByName(pseudo), **sizes, epochs=student_epochs)
+        finally:
+            confident.unpersist()
+    return Finetuned(fitted.classifier, fitted.curves, article_types, fitted.items, teachers=teachers, self_training=record)
 
 
 def embedding_quality(scorer: Any, labelled: pd.DataFrame, size: int, *, batch_size: int = 64) -> dict[str, Any]:
@@ -529,7 +553,8 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     Raises
     ------
     ValueError
-        If ``model.embedding`` is not one of ``EMBEDDINGS``.
+        If ``model.embedding`` is not one of ``EMBEDDINGS``, or early stopping is asked for with the
+        validation items training too.
     """
     import keras
 
@@ -539,6 +564,9 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     embedding = str(model_conf["embedding"])
     if embedding not in EMBEDDINGS:
         raise ValueError(f"model.embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
+    if embedding == "lite0_finetuned" and train_conf["finetune_train_on_validation"] and int(train_conf["finetune_early_stopping_patience"]):
+        raise ValueError("train.finetune_early_stopping_patience needs held-out validation items: "
+                         "set train.finetune_train_on_validation = false, or the patience to 0")
     size, dim, seed = int(model_conf["image_size"]), int(model_conf["embedding_dim"]), int(model_conf["seed"])
     frame = training_frame(spark, config).cache()
     try:
@@ -564,9 +592,10 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         log.info("classifier holdout accuracy %.3f on %d items", evaluation["accuracy"] or float("nan"), evaluation["holdout_items"])
         self_training = finetuned.self_training if finetuned else None
         if self_training:
-            teacher = evaluate_classifier(finetuned.teacher, holdout_pixels, holdout_labels, classes)
-            self_training["teacher_accuracy"] = teacher["accuracy"]
-            log.info("self-training: the teacher's holdout accuracy was %.3f", teacher["accuracy"] or float("nan"))
+            for number, (teacher, record) in enumerate(zip(finetuned.teachers, self_training["rounds"]), start=1):
+                record["teacher_accuracy"] = evaluate_classifier(teacher, holdout_pixels, holdout_labels, classes)["accuracy"]
+                log.info("self-training round %d: its teacher's holdout accuracy was %.3f", number,
+                         record["teacher_accuracy"] or float("nan"))
 
         embedder = None
         if embedding == "autoencoder":
@@ -608,7 +637,7 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             log.info("embedding holdout: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in quality.items()})
         metrics = {
             "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
-            "evaluation": quality, "self_training": self_training,
+            "evaluation": quality, "self_training": self_training, "trained_items": finetuned.items if finetuned else None,
             "article_types": finetuned.article_types if finetuned else None,
             "split": {
                 "rule": SPLIT_RULE,
