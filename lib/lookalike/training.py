@@ -108,6 +108,9 @@ def petastorm_dataset(
 
     Parameters
     ----------
+    shuffle : bool
+        For training: the rows in a random order (fixed by ``model.seed``), and Petastorm's row
+        groups and shuffling queue on top of it each epoch.
     targets : mapping, optional
         For a model with named outputs: output name -> (target column, sample-weight column).
         Batches are then ``(pixels, {output: target}, {output: weight})``.
@@ -144,7 +147,13 @@ def petastorm_dataset(
         return pdf
 
     spec = TransformSpec(to_arrays, edit_fields=[("pixels", np.float32, (size, size, 3), False)], selected_fields=fields)
-    converter = make_spark_converter(df.select(*fields))
+    rows = df.select(*fields)
+    if shuffle:
+        # Petastorm shuffles whole row groups, then rows in a queue of a few batches: rows stored in
+        # runs (labelled rows in other files than pseudo-labelled ones; items by id, which run in
+        # categories) would make batches of one kind. A random order first makes every batch a sample.
+        rows = rows.orderBy(F.rand(int(config["model"]["seed"])))
+    converter = make_spark_converter(rows)
     try:
         with converter.make_tf_dataset(
             batch_size=batch_size,
