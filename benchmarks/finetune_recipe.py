@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/finetune_recipe.py --ensemble seed7.npz seed8.npz --error-sheet errors.png
     .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --save-unlabelled teacher.npz
     .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --pseudo-labels teacher.npz --epochs 4 --evaluate-at 2,3,4
+    .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --label-smoothing 0.1 --class-weights none
 
 Trains on every reference item (all 25 subCategories and 63 articleTypes get a head output) and
 measures on the fixed holdout (``lookalike.holdout``) at the epochs given: classifier accuracy over
@@ -72,7 +73,10 @@ def recipe(args: argparse.Namespace) -> None:
     def weights(targets: np.ndarray, n: int) -> np.ndarray:
         labels = targets.argmax(axis=1)  # a soft target counts for its top class
         counts = np.bincount(labels, minlength=n).astype(float)
-        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels]
+        inverse = counts.sum() / (n * np.maximum(counts, 1))
+        per_class = {"inverse": np.clip(inverse, 0.5, 5.0), "sqrt": np.clip(np.sqrt(inverse), 0.5, 5.0),
+                     "none": np.ones(n)}[args.class_weights]
+        return per_class[labels]
 
     sample_weight = (weights(category_targets, len(categories)) + weights(type_targets, len(types))) / 2
     steps = args.epochs * int(np.ceil(len(x_train) / 32))
@@ -232,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evaluate-at", default="4,6,8", help="epochs after which the holdout is measured")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="of both heads' cross-entropy")
+    parser.add_argument("--class-weights", choices=("inverse", "sqrt", "none"), default="inverse",
+                        help="per-row weight by class frequency: the job's inverse (clipped to [0.5, 5]), its square root, or none")
     parser.add_argument("--save-holdout", default=None, help="an .npz for the last measured holdout probabilities")
     parser.add_argument("--save-unlabelled", default=None,
                         help="an .npz for the trained network's probabilities of every photo without labels (a teacher)")

@@ -120,6 +120,8 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
         (PSEUDO_LABELLED, len(learnt)), (PSEUDO_LABELLED, len(learnt) + PSEUDO_LABELLED)
     ]
     assert metrics["trained_items"] == len(learnt) + PSEUDO_LABELLED
+    # The bundle records the settings it was trained with (the run's whole model and train sections).
+    assert metrics["settings"] == {"model": config["model"], "train": config["train"]}
     for record in rounds:
         assert 0.0 <= record["teacher_accuracy"] <= 1.0
         assert len(record["teacher_curves"]["loss"]) == 1
@@ -134,6 +136,12 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
 def test_an_unknown_embedding_is_refused_before_any_work(spark, make_config):
     config = make_config("model.embedding=lite1")
     with pytest.raises(ValueError, match="model.embedding must be one of autoencoder, .*lite0_finetuned"):
+        train_models(spark, config)
+
+
+def test_an_unknown_class_weighting_is_refused_before_any_work(spark, make_config):
+    config = make_config("model.embedding=lite0_finetuned", "train.finetune_class_weights=balanced")
+    with pytest.raises(ValueError, match="train.finetune_class_weights must be one of inverse, none, not 'balanced'"):
         train_models(spark, config)
 
 

@@ -105,7 +105,7 @@ def test_class_weights_favour_rare_classes_within_bounds():
 
 def test_target_weights_count_each_train_rows_top_class(spark):
     """One-hot and soft targets both count for their top class, over the train split only; a row
-    with no articleType target (all zeros) gets articleType weight 0."""
+    with no articleType target (all zeros) gets articleType weight 0, with or without weighting."""
     schema = "split string, category_target array<float>, type_target array<float>"
     rows = spark.createDataFrame(
         [("train", [1.0, 0.0], [1.0, 0.0, 0.0])] * 3
@@ -119,6 +119,12 @@ def test_target_weights_count_each_train_rows_top_class(spark):
         schema + ", category_weight float, type_weight float",
     )
     assertDataFrameEqual(_with_target_weights(rows, 2, 3), expected, rtol=1e-6)
+    unweighted = spark.createDataFrame(
+        [("train", [1.0, 0.0], [1.0, 0.0, 0.0], 1.0, 1.0)] * 3
+        + [("train", [0.2, 0.8], [0.0, 0.0, 0.0], 1.0, 0.0), ("validation", [0.0, 1.0], [0.0, 0.0, 1.0], 1.0, 1.0)],
+        schema + ", category_weight float, type_weight float",
+    )
+    assertDataFrameEqual(_with_target_weights(rows, 2, 3, "none"), unweighted)
 
 
 def test_pseudo_labels_keep_the_photos_the_teacher_is_sure_of(spark, make_config):

@@ -229,8 +229,13 @@ def _index_column(values: list[str], column: str) -> Column:
     return F.create_map(*[x for i, name in enumerate(values) for x in (F.lit(name), F.lit(i))])[F.col(column)]
 
 
-def _weight_column(counts: Mapping[int, int], num_classes: int, label: str) -> Column:
-    """Per-row inverse-frequency weight of ``label`` (``_class_weights``); 0 where the label is null."""
+CLASS_WEIGHTINGS = ("inverse", "none")
+
+
+def _weight_column(counts: Mapping[int, int], num_classes: int, label: str, weighting: str) -> Column:
+    """Per-row weight of ``label``: inverse frequency (``_class_weights``) or 1; 0 where the label is null."""
+    if weighting == "none":
+        return F.when(F.col(label).isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0))
     weights = _weights_from_counts(counts, num_classes)
     return F.coalesce(F.create_map(*[x for i, w in weights.items() for x in (F.lit(i), F.lit(w))])[F.col(label)], F.lit(0.0))
 
@@ -288,22 +293,26 @@ def _top_class(target: str) -> Column:
     return (F.array_position(F.col(target), F.array_max(F.col(target))) - 1).cast("int")
 
 
-def _with_target_weights(rows: DataFrame, num_classes: int, num_article_types: int) -> DataFrame:
-    """Add ``category_weight`` and ``type_weight``: inverse-frequency weights of each row's top class.
+def _with_target_weights(rows: DataFrame, num_classes: int, num_article_types: int, weighting: str = "inverse") -> DataFrame:
+    """Add ``category_weight`` and ``type_weight``: the weights of each row's top class.
 
-    Counted over the train split; a row whose articleType target is all zeros (no articleType of
-    the head) gets articleType weight 0.
+    With ``weighting = "inverse"``, inverse-frequency weights counted over the train split; with
+    ``"none"``, 1 for every row. Either way a row whose articleType target is all zeros (no
+    articleType of the head) gets articleType weight 0.
     """
     with_top = rows.withColumn("category_top", _top_class("category_target")).withColumn(
         "type_top", F.when(F.array_max("type_target") > 0, _top_class("type_target"))
     )
     train = with_top.where("split = 'train'")
-    category_counts = {r[0]: r[1] for r in train.groupBy("category_top").count().collect()}
-    type_counts = {r[0]: r[1] for r in train.where("type_top IS NOT NULL").groupBy("type_top").count().collect()}
+    category_counts: dict[int, int] = {}
+    type_counts: dict[int, int] = {}
+    if weighting == "inverse":
+        category_counts = {r[0]: r[1] for r in train.groupBy("category_top").count().collect()}
+        type_counts = {r[0]: r[1] for r in train.where("type_top IS NOT NULL").groupBy("type_top").count().collect()}
     return with_top.select(
         *rows.columns,
-        _weight_column(category_counts, num_classes, "category_top").cast("float").alias("category_weight"),
-        _weight_column(type_counts, num_article_types, "type_top").cast("float").alias("type_weight"),
+        _weight_column(category_counts, num_classes, "category_top", weighting).cast("float").alias("category_weight"),
+        _weight_column(type_counts, num_article_types, "type_top", weighting).cast("float").alias("type_weight"),
     )
 
 
@@ -343,7 +352,7 @@ def _fit_lite0(
     patience = int(train_conf["finetune_early_stopping_patience"])
     if bool(train_conf["finetune_train_on_validation"]):
         rows = rows.withColumn("split", F.when(F.col("split") == "validation", "train").otherwise(F.col("split")))
-    weighted = _with_target_weights(rows, num_classes, num_article_types)
+    weighted = _with_target_weights(rows, num_classes, num_article_types, str(train_conf["finetune_class_weights"]))
     trainer, classifier = models.build_lite0_finetune(
         num_classes=num_classes, num_article_types=num_article_types, image_size=int(model_conf["image_size"]),
         embedding_dim=int(model_conf["embedding_dim"]), train_from_block=int(train_conf["finetune_from_block"]),
@@ -562,8 +571,8 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     Raises
     ------
     ValueError
-        If ``model.embedding`` is not one of ``EMBEDDINGS``, or early stopping is asked for with the
-        validation items training too.
+        If ``model.embedding`` is not one of ``EMBEDDINGS``, ``train.finetune_class_weights`` not one
+        of ``CLASS_WEIGHTINGS``, or early stopping is asked for with the validation items training too.
     """
     import keras
 
@@ -573,6 +582,9 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     embedding = str(model_conf["embedding"])
     if embedding not in EMBEDDINGS:
         raise ValueError(f"model.embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
+    if str(train_conf["finetune_class_weights"]) not in CLASS_WEIGHTINGS:
+        raise ValueError(f"train.finetune_class_weights must be one of {', '.join(CLASS_WEIGHTINGS)}, "
+                         f"not {train_conf['finetune_class_weights']!r}")
     if embedding == "lite0_finetuned" and train_conf["finetune_train_on_validation"] and int(train_conf["finetune_early_stopping_patience"]):
         raise ValueError("train.finetune_early_stopping_patience needs held-out validation items: "
                          "set train.finetune_train_on_validation = false, or the patience to 0")
@@ -648,6 +660,8 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
             "evaluation": quality, "self_training": self_training, "trained_items": finetuned.items if finetuned else None,
             "article_types": finetuned.article_types if finetuned else None,
+            # How this version was trained, so the registry can tell versions of different settings apart.
+            "settings": {"model": dict(model_conf), "train": dict(train_conf)},
             "split": {
                 "rule": SPLIT_RULE,
                 "holdout_fraction": float(model_conf["holdout_fraction"]),
