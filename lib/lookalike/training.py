@@ -465,9 +465,9 @@ def _finetune_lite0(
     """Fine-tune pretrained Lite0 on category and articleType, fed through Petastorm; then, by default, self-train.
 
     Tail classes: an articleType with fewer than ``train.min_article_type_count`` training items
-    gets no head of its own (its items still train the category head, with articleType weight 0),
-    and inverse-frequency weights, clipped to [0.5, 5], keep small classes from being ignored
-    without letting a handful of photos dominate.
+    gets no head of its own (its items still train the category head, with articleType weight 0).
+    Rows count alike (``train.finetune_class_weights = "none"``, the default, which ranks better)
+    or by their class's inverse frequency, clipped to [0.5, 5] (``"inverse"``).
 
     Self-training (``train.self_training_rounds`` > 0): the network trained on the labelled items
     is the first teacher. It scores the catalog's unlabelled photos (``unlabelled``: ``item_id``,
