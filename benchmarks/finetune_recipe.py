@@ -73,10 +73,9 @@ def recipe(args: argparse.Namespace) -> None:
     def weights(targets: np.ndarray, n: int) -> np.ndarray:
         labels = targets.argmax(axis=1)  # a soft target counts for its top class
         counts = np.bincount(labels, minlength=n).astype(float)
-        inverse = counts.sum() / (n * np.maximum(counts, 1))
-        per_class = {"inverse": np.clip(inverse, 0.5, 5.0), "sqrt": np.clip(np.sqrt(inverse), 0.5, 5.0),
-                     "none": np.ones(n)}[args.class_weights]
-        return per_class[labels]
+        if args.class_weights == "none":
+            return np.ones(len(labels))
+        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels]
 
     sample_weight = (weights(category_targets, len(categories)) + weights(type_targets, len(types))) / 2
     steps = args.epochs * int(np.ceil(len(x_train) / 32))
@@ -236,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evaluate-at", default="4,6,8", help="epochs after which the holdout is measured")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="of both heads' cross-entropy")
-    parser.add_argument("--class-weights", choices=("inverse", "sqrt", "none"), default="inverse",
-                        help="per-row weight by class frequency: the job's inverse (clipped to [0.5, 5]), its square root, or none")
+    parser.add_argument("--class-weights", choices=("inverse", "none"), default="inverse",
+                        help="per-row weight: inverse class frequency clipped to [0.5, 5], or none (train.finetune_class_weights)")
     parser.add_argument("--save-holdout", default=None, help="an .npz for the last measured holdout probabilities")
     parser.add_argument("--save-unlabelled", default=None,
                         help="an .npz for the trained network's probabilities of every photo without labels (a teacher)")
