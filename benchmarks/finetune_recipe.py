@@ -7,6 +7,8 @@
     .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --save-unlabelled teacher.npz
     .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --pseudo-labels teacher.npz --epochs 4 --evaluate-at 2,3,4
     .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --label-smoothing 0.1 --class-weights none
+    .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --save-weights teacher.weights.h5
+    .venv/bin/python benchmarks/finetune_recipe.py --seed 8 --soup teacher.weights.h5 student.weights.h5
 
 Trains on every reference item (all 25 subCategories and 63 articleTypes get a head output) and
 measures on the fixed holdout (``lookalike.holdout``) at the epochs given: classifier accuracy over
@@ -15,7 +17,9 @@ all 497 queries, the articleType head's vote added to it, and the retrieval figu
 ``--save-holdout`` keeps the last measured holdout probabilities; ``--ensemble`` averages several
 such files and prints the accuracy of the average. ``--save-unlabelled`` keeps the trained network's
 probabilities for every photo without labels (a teacher); ``--pseudo-labels`` trains on those
-photos too, with the teacher's probabilities as soft targets (self-training). ``--flip-check`` scores a trained bundle's
+photos too, with the teacher's probabilities as soft targets (self-training). ``--save-weights`` keeps the trained
+weights; ``--soup`` measures one network whose weights are the average of several such files
+(a model soup; the runs must share ``--seed``, which initialises the new layers). ``--flip-check`` scores a trained bundle's
 holdout photos and their mirror images and compares the classifier accuracy with and without
 averaging the two.
 """
@@ -26,7 +30,8 @@ import argparse
 import csv
 import time
 from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,9 +41,6 @@ import embedding_options as options
 def recipe(args: argparse.Namespace) -> None:
     """Train the recipe network once, printing the holdout figures at the chosen epochs."""
     import keras
-    from keras import layers
-
-    from lookalike.pretrained import load_pretrained_lite0
 
     items = options.load_items(Path(args.source_dir))
     pixels = options.decode_all(items.contents, args.size).astype(np.float32)
@@ -53,6 +55,57 @@ def recipe(args: argparse.Namespace) -> None:
     if args.pseudo_labels:
         x_train, category_targets, type_targets = with_pseudo_labels(
             args, x_train, category_targets, type_targets, categories, types)
+    network = build_network(args, len(categories), len(types))
+    model = network.model
+
+    def weights(targets: np.ndarray, n: int) -> np.ndarray:
+        labels = targets.argmax(axis=1)  # a soft target counts for its top class
+        counts = np.bincount(labels, minlength=n).astype(float)
+        if args.class_weights == "none":
+            return np.ones(len(labels))
+        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels]
+
+    sample_weight = (weights(category_targets, len(categories)) + weights(type_targets, len(types))) / 2
+    steps = args.epochs * int(np.ceil(len(x_train) / 32))
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
+                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)] * 2)
+    evaluate_at = {int(e) for e in args.evaluate_at.split(",")}
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        model.fit(x_train, [category_targets, type_targets], sample_weight=sample_weight, batch_size=32,
+                  epochs=1, verbose=0, shuffle=True)
+        line = f"epoch {epoch} {time.perf_counter() - start:.0f}s"
+        if epoch in evaluate_at:
+            line += measure(args, network, items, pixels, categories, y_category, y_type, epoch=epoch)
+        print(line, flush=True)
+    if args.save_weights:
+        model.save_weights(args.save_weights)
+        print(f"wrote the trained weights to {args.save_weights}", flush=True)
+    if args.save_unlabelled:
+        ids, contents = load_unlabelled(Path(args.source_dir))
+        _, p_category, p_type = network.scorer.predict(options.decode_all(contents, args.size).astype(np.float32),
+                                               batch_size=64, verbose=0)
+        np.savez(args.save_unlabelled, ids=np.array(ids), category=p_category, article_type=p_type,
+                 categories=np.array(categories), types=np.array(types))
+        print(f"wrote the probabilities of {len(ids)} unlabelled photos to {args.save_unlabelled}", flush=True)
+
+
+@dataclass
+class Network:
+    """The recipe's layout: the trainer, and models reading its shared layer and pooled features."""
+
+    model: Any
+    scorer: Any
+    features: Any
+
+
+def build_network(args: argparse.Namespace, n_categories: int, n_types: int) -> Network:
+    """Lite0 from block ``--from-block`` trainable, a 256-d shared layer and the two heads, seeded by ``--seed``."""
+    import keras
+    from keras import layers
+
+    from lookalike.pretrained import load_pretrained_lite0
+
     keras.utils.set_random_seed(args.seed)
     inputs = keras.Input((args.size, args.size, 3))
     x = layers.RandomFlip("horizontal")(inputs)
@@ -66,58 +119,68 @@ def recipe(args: argparse.Namespace) -> None:
     pooled = backbone(x)
     embedding = layers.Dense(256, name="embedding")(layers.Dropout(0.3)(pooled))
     head_input = layers.Dropout(0.2)(embedding)
-    category = layers.Dense(len(categories), activation="softmax")(head_input)
-    article_type = layers.Dense(len(types), activation="softmax")(head_input)
-    model = keras.Model(inputs, [category, article_type])
+    category = layers.Dense(n_categories, activation="softmax")(head_input)
+    article_type = layers.Dense(n_types, activation="softmax")(head_input)
+    return Network(keras.Model(inputs, [category, article_type]), keras.Model(inputs, [embedding, category, article_type]),
+                   keras.Model(inputs, pooled))
 
-    def weights(targets: np.ndarray, n: int) -> np.ndarray:
-        labels = targets.argmax(axis=1)  # a soft target counts for its top class
-        counts = np.bincount(labels, minlength=n).astype(float)
-        if args.class_weights == "none":
-            return np.ones(len(labels))
-        return np.clip(counts.sum() / (n * np.maximum(counts, 1)), 0.5, 5.0)[labels]
 
-    sample_weight = (weights(category_targets, len(categories)) + weights(type_targets, len(types))) / 2
-    steps = args.epochs * int(np.ceil(len(x_train) / 32))
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(args.lr, steps)),
-                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)] * 2)
-    scorer = keras.Model(inputs, [embedding, category, article_type])
-    features = keras.Model(inputs, pooled)
+def measure(args: argparse.Namespace, network: Network, items: Any, pixels: np.ndarray, categories: list[str],
+            y_category: np.ndarray, y_type: np.ndarray, *, epoch: int) -> str:
+    """The holdout figures of ``network`` as one line; saves its holdout probabilities with ``--save-holdout``."""
+    train = ~items.holdout
     # Which subCategory each articleType's training items belong to, for the head's vote.
-    type_to_category = np.zeros((len(types), len(categories)))
+    type_to_category = np.zeros((y_type.max() + 1, len(categories)))
     np.add.at(type_to_category, (y_type[train], y_category[train]), 1)
     type_to_category /= np.maximum(type_to_category.sum(axis=1, keepdims=True), 1)
-    evaluate_at = {int(e) for e in args.evaluate_at.split(",")}
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
-        model.fit(x_train, [category_targets, type_targets], sample_weight=sample_weight, batch_size=32,
-                  epochs=1, verbose=0, shuffle=True)
-        line = f"epoch {epoch} {time.perf_counter() - start:.0f}s"
-        if epoch in evaluate_at:
-            vectors, p_category, p_type = scorer.predict(pixels, batch_size=64, verbose=0)
-            q = items.holdout
-            accuracy = float(np.mean(p_category[q].argmax(1) == y_category[q]))
-            voted = float(np.mean((p_category[q] + p_type[q] @ type_to_category).argmax(1) == y_category[q]))
-            shared = options.retrieval_metrics(options.l2_normalise(vectors), items)
-            backbone_only = options.retrieval_metrics(options.l2_normalise(features.predict(pixels, batch_size=64, verbose=0)), items)
-            line += (f" classifier {accuracy:.3f} with articleType vote {voted:.3f}"
-                     f" | shared layer P@10 {shared['at_p10']:.3f} within {shared['at_p10_in_subcat']:.3f}"
-                     f" 1-NN {shared['subcat_1nn']:.3f} | pooled P@10 {backbone_only['at_p10']:.3f}"
-                     f" within {backbone_only['at_p10_in_subcat']:.3f}")
-            line += "\n  most confused (truth -> predicted: count): " + most_confused(
-                np.array(categories)[y_category[q]], np.array(categories)[p_category[q].argmax(1)])
-            if args.save_holdout:
-                np.savez(args.save_holdout, probabilities=p_category[q], truth=y_category[q],
-                         categories=np.array(categories), epoch=epoch)
-        print(line, flush=True)
-    if args.save_unlabelled:
-        ids, contents = load_unlabelled(Path(args.source_dir))
-        _, p_category, p_type = scorer.predict(options.decode_all(contents, args.size).astype(np.float32),
-                                               batch_size=64, verbose=0)
-        np.savez(args.save_unlabelled, ids=np.array(ids), category=p_category, article_type=p_type,
-                 categories=np.array(categories), types=np.array(types))
-        print(f"wrote the probabilities of {len(ids)} unlabelled photos to {args.save_unlabelled}", flush=True)
+    vectors, p_category, p_type = network.scorer.predict(pixels, batch_size=64, verbose=0)
+    q = items.holdout
+    accuracy = float(np.mean(p_category[q].argmax(1) == y_category[q]))
+    voted = float(np.mean((p_category[q] + p_type[q] @ type_to_category).argmax(1) == y_category[q]))
+    shared = options.retrieval_metrics(options.l2_normalise(vectors), items)
+    pooled = options.retrieval_metrics(options.l2_normalise(network.features.predict(pixels, batch_size=64, verbose=0)), items)
+    line = (f" classifier {accuracy:.3f} ({int(np.sum(p_category[q].argmax(1) == y_category[q]))} of {int(q.sum())})"
+            f" with articleType vote {voted:.3f}"
+            f" | shared layer P@10 {shared['at_p10']:.3f} within {shared['at_p10_in_subcat']:.3f}"
+            f" 1-NN {shared['subcat_1nn']:.3f} | pooled P@10 {pooled['at_p10']:.3f}"
+            f" within {pooled['at_p10_in_subcat']:.3f}")
+    line += "\n  most confused (truth -> predicted: count): " + most_confused(
+        np.array(categories)[y_category[q]], np.array(categories)[p_category[q].argmax(1)])
+    if args.save_holdout:
+        np.savez(args.save_holdout, probabilities=p_category[q], truth=y_category[q],
+                 categories=np.array(categories), epoch=epoch)
+    return line
 
+
+def average_weights(network: Network, paths: Sequence[str]) -> list[np.ndarray]:
+    """The element-wise mean of the weights saved in ``paths`` (``--save-weights`` files of ``network``'s layout).
+
+    Integer arrays (random layers' seed states) are taken from the first file.
+    """
+    runs = []
+    for path in paths:
+        network.model.load_weights(path)
+        runs.append(network.model.get_weights())
+    return [np.mean(arrays, axis=0).astype(arrays[0].dtype) if np.issubdtype(arrays[0].dtype, np.floating)
+            else arrays[0] for arrays in zip(*runs)]
+
+
+def soup(args: argparse.Namespace) -> Network:
+    """The holdout figures of one network whose weights are the average of several saved runs' (a model soup).
+
+    Networks fine-tuned from the same pretrained start (and the same seeded heads) usually lie in
+    one basin, so their averaged weights can score like an ensemble at the cost of one network.
+    """
+    items = options.load_items(Path(args.source_dir))
+    pixels = options.decode_all(items.contents, args.size).astype(np.float32)
+    categories, types = sorted(set(items.sub_category)), sorted(set(items.article_type))
+    y_category = np.array([categories.index(c) for c in items.sub_category])
+    y_type = np.array([types.index(a) for a in items.article_type])
+    network = build_network(args, len(categories), len(types))
+    network.model.set_weights(average_weights(network, args.soup))
+    print(f"soup of {len(args.soup)} runs:" + measure(args, network, items, pixels, categories, y_category, y_type, epoch=0),
+          flush=True)
+    return network
 
 def load_unlabelled(source_dir: Path) -> tuple[list[str], list[bytes]]:
     """Ids and photo bytes of the photos in ``images/`` that have no row in ``labels.csv``, in id order."""
@@ -245,12 +308,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --pseudo-labels: least top category probability of the teacher for a photo to be used")
     parser.add_argument("--ensemble", nargs="+", default=None, help=".npz files of --save-holdout to average")
     parser.add_argument("--error-sheet", default=None, help="with --ensemble: a PNG of the misclassified photos")
+    parser.add_argument("--save-weights", default=None, help="a .weights.h5 file for the trained network's weights")
+    parser.add_argument("--soup", nargs="+", default=None,
+                        help=".weights.h5 files of --save-weights (same --seed): measure their averaged weights")
     parser.add_argument("--flip-check", default=None, help="a bundle folder: compare flip-averaged classification instead")
     args = parser.parse_args(argv)
     if args.ensemble:
         ensemble(args.ensemble, Path(args.source_dir), args.error_sheet)
     elif args.flip_check:
         flip_check(args)
+    elif args.soup:
+        soup(args)
     else:
         recipe(args)
     return 0

@@ -76,3 +76,49 @@ def test_ensemble_refuses_runs_of_another_holdout(recipe, holdout, photo_subset,
     shifted = [_save(tmp_path / "c.npz", probabilities, (truth + 1) % len(categories), categories)]
     with pytest.raises(SystemExit, match="another holdout"):
         recipe.ensemble(shifted, photo_subset, None)
+
+
+def test_average_weights_is_the_element_wise_mean_of_saved_runs(recipe, tmp_path):
+    import argparse
+
+    args = argparse.Namespace(size=32, from_block=6, seed=7)
+    network = recipe.build_network(args, 3, 4)
+    first = network.model.get_weights()
+    # A second run: every float array moved by its own constant.
+    second = [w + np.asarray(i + 1, w.dtype) if np.issubdtype(w.dtype, np.floating) else w for i, w in enumerate(first)]
+    network.model.save_weights(tmp_path / "a.weights.h5")
+    network.model.set_weights(second)
+    network.model.save_weights(tmp_path / "b.weights.h5")
+
+    averaged = recipe.average_weights(network, [str(tmp_path / "a.weights.h5"), str(tmp_path / "b.weights.h5")])
+
+    assert len(averaged) == len(first)
+    for mean, a, b in zip(averaged, first, second):
+        assert mean.dtype == a.dtype
+        np.testing.assert_allclose(mean, (a.astype(np.float64) + b) / 2, rtol=1e-6, atol=1e-6)
+
+
+def test_soup_of_one_run_measures_as_that_run_twice_averaged(recipe, photo_subset, tmp_path, capsys):
+    import argparse
+
+    args = argparse.Namespace(source_dir=str(photo_subset), size=32, from_block=6, seed=7, save_holdout=None,
+                              soup=None)
+    items = load_benchmark("embedding_options").load_items(photo_subset)
+    network = recipe.build_network(args, len(set(items.sub_category)), len(set(items.article_type)))
+    # Not the seeded start: a soup must load the files, not keep the network it builds.
+    network.model.set_weights([w * np.asarray(0.9, w.dtype) if np.issubdtype(w.dtype, np.floating) else w
+                               for w in network.model.get_weights()])
+    network.model.save_weights(tmp_path / "run.weights.h5")
+    saved = network.model.get_weights()
+
+    args.soup = [str(tmp_path / "run.weights.h5")]
+    alone = recipe.soup(args)
+    alone_line = capsys.readouterr().out
+    args.soup = [str(tmp_path / "run.weights.h5")] * 2
+    recipe.soup(args)
+    twice_line = capsys.readouterr().out
+
+    for loaded, expected in zip(alone.model.get_weights(), saved):
+        np.testing.assert_array_equal(loaded, expected)
+    assert alone_line.startswith("soup of 1 runs: classifier ")
+    assert twice_line == alone_line.replace("soup of 1 runs", "soup of 2 runs")
