@@ -38,15 +38,21 @@ import numpy as np
 import embedding_options as options
 
 
-def recipe(args: argparse.Namespace) -> None:
-    """Train the recipe network once, printing the holdout figures at the chosen epochs."""
-    import keras
-
+def labelled_items(args: argparse.Namespace) -> tuple[Any, np.ndarray, list[str], list[str], np.ndarray, np.ndarray]:
+    """The labelled photos of ``--source-dir`` decoded at ``--size``, their classes and class indices."""
     items = options.load_items(Path(args.source_dir))
     pixels = options.decode_all(items.contents, args.size).astype(np.float32)
     categories, types = sorted(set(items.sub_category)), sorted(set(items.article_type))
     y_category = np.array([categories.index(c) for c in items.sub_category])
     y_type = np.array([types.index(a) for a in items.article_type])
+    return items, pixels, categories, types, y_category, y_type
+
+
+def recipe(args: argparse.Namespace) -> None:
+    """Train the recipe network once, printing the holdout figures at the chosen epochs."""
+    import keras
+
+    items, pixels, categories, types, y_category, y_type = labelled_items(args)
     train = ~items.holdout
     # Probability targets, as in the train job: one-hot for labelled items, a teacher's for pseudo-labelled ones.
     x_train = pixels[train]
@@ -171,14 +177,10 @@ def soup(args: argparse.Namespace) -> Network:
     Networks fine-tuned from the same pretrained start (and the same seeded heads) usually lie in
     one basin, so their averaged weights can score like an ensemble at the cost of one network.
     """
-    items = options.load_items(Path(args.source_dir))
-    pixels = options.decode_all(items.contents, args.size).astype(np.float32)
-    categories, types = sorted(set(items.sub_category)), sorted(set(items.article_type))
-    y_category = np.array([categories.index(c) for c in items.sub_category])
-    y_type = np.array([types.index(a) for a in items.article_type])
+    items, pixels, categories, types, y_category, y_type = labelled_items(args)
     network = build_network(args, len(categories), len(types))
     network.model.set_weights(average_weights(network, args.soup))
-    print(f"soup of {len(args.soup)} runs:" + measure(args, network, items, pixels, categories, y_category, y_type, epoch=0),
+    print(f"soup of {len(args.soup)} saved runs:" + measure(args, network, items, pixels, categories, y_category, y_type, epoch=0),
           flush=True)
     return network
 

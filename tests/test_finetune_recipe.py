@@ -120,5 +120,5 @@ def test_soup_of_one_run_measures_as_that_run_twice_averaged(recipe, photo_subse
 
     for loaded, expected in zip(alone.model.get_weights(), saved):
         np.testing.assert_array_equal(loaded, expected)
-    assert alone_line.startswith("soup of 1 runs: classifier ")
-    assert twice_line == alone_line.replace("soup of 1 runs", "soup of 2 runs")
+    assert alone_line.startswith("soup of 1 saved runs: classifier ")
+    assert twice_line == alone_line.replace("soup of 1 saved runs", "soup of 2 saved runs")
