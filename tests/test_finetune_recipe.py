@@ -6,6 +6,7 @@ chosen so that each run's and the average's answers are known; no network is tra
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,6 @@ def test_ensemble_refuses_runs_of_another_holdout(recipe, holdout, photo_subset,
 
 
 def test_average_weights_is_the_element_wise_mean_of_saved_runs(recipe, tmp_path):
-    import argparse
-
     args = argparse.Namespace(size=32, from_block=6, seed=7)
     network = recipe.build_network(args, 3, 4)
     first = network.model.get_weights()
@@ -99,8 +98,6 @@ def test_average_weights_is_the_element_wise_mean_of_saved_runs(recipe, tmp_path
 
 
 def test_soup_of_one_run_measures_as_that_run_twice_averaged(recipe, photo_subset, tmp_path, capsys):
-    import argparse
-
     args = argparse.Namespace(source_dir=str(photo_subset), size=32, from_block=6, seed=7, save_holdout=None,
                               soup=None)
     items = load_benchmark("embedding_options").load_items(photo_subset)
