@@ -1,7 +1,7 @@
-"""benchmarks/finetune_recipe.py: averaging saved holdout runs and listing what the average gets wrong.
+"""benchmarks/finetune_recipe.py: averaging saved runs (their holdout probabilities, or their weights).
 
 The saved runs are built here from the real holdout of the fixed photo subset, with probabilities
-chosen so that each run's and the average's answers are known; no network is trained.
+or weights chosen so that the average's answers are known; no network is trained.
 """
 
 from __future__ import annotations
