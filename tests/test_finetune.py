@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from benchmark_module import load_benchmark
+from pyspark.testing import assertDataFrameEqual
 
 from lookalike.config import load_config
 from lookalike.demo_catalog import build_demo_catalog
@@ -17,7 +18,7 @@ from lookalike.holdout import split_of
 from lookalike.images import decode_image
 from lookalike.ingest import ingest_catalog
 from lookalike.model_store import load_manifest, load_metrics, load_scorer_from_bytes, read_scorer_bytes
-from lookalike.training import train_models
+from lookalike.training import disputed_labels, reevaluate_classifier, train_models
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -102,6 +103,11 @@ def test_metrics_measure_the_embedding_on_the_fixed_holdout(finetuned):
         assert 0.0 <= evaluation[key] <= 1.0
     assert evaluation["classifier_accuracy"] == metrics["classifier"]["accuracy"]
     assert metrics["classifier"]["holdout_items"] == sum(1 for r in labelled if split[r["item_id"]] == "holdout")
+    # The label audit leaves the disputed queries out of the title-consistent accuracy, and only them.
+    classifier = metrics["classifier"]
+    consistent = classifier["title_consistent"]
+    assert consistent["holdout_items"] + len(consistent["disputed"]) == classifier["holdout_items"]
+    assert evaluation["classifier_accuracy_title_consistent"] == consistent["accuracy"]
 
     curves = metrics["training_curves"]["lite0_finetuned"]
     # With the whole schedule (no early stopping) the validation items train too: no validation curve.
@@ -149,6 +155,31 @@ def test_early_stopping_without_held_out_validation_is_refused_before_any_work(s
     config = make_config("model.embedding=lite0_finetuned", "train.finetune_early_stopping_patience=2")
     with pytest.raises(ValueError, match="needs held-out validation items"):
         train_models(spark, config)
+
+
+def test_a_stored_version_measured_again_gives_its_recorded_classifier_figures(spark, finetuned):
+    """``jobs/labels.py --evaluate``'s measurement reproduces the train job's, per class and with the audit."""
+    config, manifest, metrics, _ = finetuned
+    again = reevaluate_classifier(spark, config, manifest.version)
+    assert again["holdout_items"] == metrics["classifier"]["holdout_items"]
+    assert again["accuracy"] == pytest.approx(metrics["classifier"]["accuracy"])
+    assert again["confusion_matrix"] == metrics["classifier"]["confusion_matrix"]
+    assert again["title_consistent"] == metrics["classifier"]["title_consistent"]
+    assert again["disputed_labels"] == metrics["classifier"]["disputed_labels"] == 1
+
+
+def test_the_audit_disputes_the_flip_flops_titled_shirts(spark, finetuned):
+    """Of the subset's labels, the audit disputes one: item 10804, labelled Flip Flops, titled "... Solid White Shirts"."""
+    config, _, metrics, _ = finetuned
+    disputed = disputed_labels(spark, config).select("item_id", "category", "title", "title_categories", "title_words")
+    expected = spark.createDataFrame(
+        [("10804", "Flip Flops", "Wrangler Men Rider Solid White Shirts", ["Topwear"], ["shirt"])],
+        "item_id string, category string, title string, title_categories array<string>, title_words array<string>",
+    )
+    assertDataFrameEqual(disputed, expected)
+    holdout = split_of("10804", holdout_fraction=float(config["model"]["holdout_fraction"]),
+                       validation_fraction=float(config["model"]["validation_fraction"])) == "holdout"
+    assert metrics["classifier"]["title_consistent"]["disputed"] == (["10804"] if holdout else [])
 
 
 def test_the_evaluation_command_reproduces_the_recorded_evaluation(finetuned, photo_subset: Path, tmp_path: Path):

@@ -91,6 +91,24 @@ def test_held_out_metrics_add_up():
         "c": {"items": 1, "accuracy": 0.0},
     }
     assert metrics["confusion_matrix"]["rows_true_columns_predicted"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert "title_consistent" not in metrics
+
+
+def test_title_consistent_accuracy_leaves_out_the_disputed_queries():
+    """Two of five queries disputed (one predicted wrong, one right): 2 of the 3 others right; ids not queried are ignored."""
+    labels = np.array([0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 0])
+    item_ids = np.array(["i1", "i2", "i3", "i4", "i5"])
+    metrics = evaluate_classifier(_FixedPredictions(np.eye(3)[predicted]), np.zeros((5, 4, 4, 3)), labels, ["a", "b", "c"],
+                                  item_ids=item_ids, disputed={"i2", "i4", "elsewhere"})
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["title_consistent"] == {
+        "holdout_items": 3, "accuracy": pytest.approx(2 / 3), "disputed": ["i2", "i4"], "disputed_correct": 1,
+    }
+    everything = evaluate_classifier(_FixedPredictions(np.eye(3)[predicted]), np.zeros((5, 4, 4, 3)), labels, ["a", "b", "c"],
+                                     item_ids=item_ids, disputed=set(item_ids))
+    assert everything["title_consistent"] == {"holdout_items": 0, "accuracy": None, "disputed": list(item_ids),
+                                              "disputed_correct": 3}
 
 
 def test_class_weights_favour_rare_classes_within_bounds():

@@ -18,6 +18,7 @@ from pyspark.sql.functions import pandas_udf
 
 from lookalike.holdout import SPLIT_RULE, retrieval_metrics, split_column
 from lookalike.images import ImageDecodeError, decode_image
+from lookalike.label_audit import title_label_conflicts
 from lookalike.model_store import ModelManifest, save_bundle
 from lookalike.tables import has_scheme, read_table, storage_root
 from schemas import CATALOG, IMAGES
@@ -200,8 +201,14 @@ def _weights_from_counts(counts: Mapping[int, int], num_classes: int) -> dict[in
     return {i: float(np.clip(w, 0.5, 5.0)) for i, w in enumerate(weights)}
 
 
-def evaluate_classifier(classifier: Any, pixels: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, per-class accuracy (recall) and confusion matrix on a split the model never saw."""
+def evaluate_classifier(
+    classifier: Any, pixels: np.ndarray, labels: np.ndarray, classes: list[str], *,
+    item_ids: np.ndarray | None = None, disputed: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Accuracy, per-class accuracy (recall) and confusion matrix on a split the model never saw.
+
+    With ``item_ids``, also ``title_consistent``: :func:`title_consistent_accuracy` with ``disputed``.
+    """
     predicted = np.argmax(classifier.predict(pixels, verbose=0), axis=1) if len(labels) else np.array([], int)
     matrix = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(matrix, (labels, predicted), 1)
@@ -209,15 +216,101 @@ def evaluate_classifier(classifier: Any, pixels: np.ndarray, labels: np.ndarray,
         name: {"items": int(matrix[i].sum()), "accuracy": float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None}
         for i, name in enumerate(classes)
     }
-    return {
+    metrics: dict[str, Any] = {
         "holdout_items": int(len(labels)),
         "accuracy": float((predicted == labels).mean()) if len(labels) else None,
         "per_class": per_class,
         "confusion_matrix": {"labels": classes, "rows_true_columns_predicted": matrix.tolist()},
     }
+    if item_ids is not None:
+        metrics["title_consistent"] = title_consistent_accuracy(predicted, labels, item_ids, disputed)
+    return metrics
 
 
 EMBEDDINGS = ("autoencoder", "classifier", "resnet50", "lite0", "lite0_finetuned")
+
+
+def disputed_labels(spark: SparkSession, config: Mapping[str, Any]) -> DataFrame:
+    """The catalog's labelled items whose own title contradicts their category (``lookalike.label_audit``).
+
+    Thresholds: ``train.label_audit_min_items`` and ``train.label_audit_min_share``.
+    """
+    catalog = read_table(spark, config, CATALOG).select("item_id", "category", "article_type", "title")
+    train_conf = config["train"]
+    return title_label_conflicts(catalog, min_items=int(train_conf["label_audit_min_items"]),
+                                 min_share=float(train_conf["label_audit_min_share"]))
+
+
+def title_consistent_accuracy(predicted: np.ndarray, labels: np.ndarray, item_ids: np.ndarray, disputed: set[str]) -> dict[str, Any]:
+    """Holdout accuracy over the queries whose label their title does not contradict.
+
+    Parameters
+    ----------
+    predicted, labels : numpy.ndarray
+        Predicted and labelled class indices of the holdout queries.
+    item_ids : numpy.ndarray
+        Their item ids.
+    disputed : set of str
+        Item ids whose label the audit disputes (:func:`disputed_labels`).
+
+    Returns
+    -------
+    dict
+        ``holdout_items`` and ``accuracy`` over the undisputed queries; ``disputed`` (the
+        left-out queries' ids, sorted) and ``disputed_correct`` (how many of them the model
+        matched to their disputed label anyway).
+    """
+    undisputed = ~np.isin(item_ids, sorted(disputed))
+    hits = predicted == labels
+    return {
+        "holdout_items": int(undisputed.sum()),
+        "accuracy": float(hits[undisputed].mean()) if undisputed.any() else None,
+        "disputed": sorted(str(i) for i in item_ids[~undisputed]),
+        "disputed_correct": int(hits[~undisputed].sum()),
+    }
+
+
+def _holdout_arrays(learnable: DataFrame, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels, class indices and item ids of the holdout rows of ``learnable`` (``split``, ``label``), on the driver."""
+    holdout = learnable.where("split = 'holdout'").select("item_id", "pixels", "label").toPandas()
+    return (_pixels_array(holdout["pixels"], size), holdout["label"].to_numpy(dtype=int),
+            holdout["item_id"].to_numpy(dtype=str))
+
+
+class _ScorerProbabilities:
+    """A saved scorer seen as a classifier: ``predict`` gives its category probabilities."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+    def predict(self, pixels: np.ndarray, verbose: int = 0) -> np.ndarray:
+        return self.scorer.predict(pixels, batch_size=32, verbose=verbose)["probabilities"]
+
+
+def reevaluate_classifier(spark: SparkSession, config: Mapping[str, Any], version: str) -> dict[str, Any]:
+    """A stored version's classifier measured again on today's catalog holdout, with the label audit.
+
+    The split is the config's ``model.holdout_fraction`` and ``model.validation_fraction`` (those
+    the version was trained with, unless changed since: its ``metrics.json`` records them).
+
+    Returns
+    -------
+    dict
+        :func:`evaluate_classifier` over the holdout queries of the version's classes, with
+        ``title_consistent``, and ``disputed_labels`` (catalog-wide).
+    """
+    from lookalike.model_store import load_manifest, load_scorer_from_bytes, read_scorer_bytes
+
+    manifest = load_manifest(spark, config, version)
+    scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
+    frame = training_frame(spark, {**config, "model": {**config["model"], "image_size": manifest.image_size}})
+    learnable = frame.withColumn("label", _index_column(manifest.classes, "category")).where(F.col("label").isNotNull())
+    pixels, labels, item_ids = _holdout_arrays(learnable, manifest.image_size)
+    disputed = {r["item_id"] for r in disputed_labels(spark, config).select("item_id").collect()}
+    evaluation = evaluate_classifier(_ScorerProbabilities(scorer), pixels, labels, manifest.classes,
+                                     item_ids=item_ids, disputed=disputed)
+    evaluation["disputed_labels"] = len(disputed)
+    return evaluation
 
 
 def _fit_curves(history: Any) -> dict[str, list[float]]:
@@ -606,15 +699,20 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         else:
             classifier, curves = _train_small_classifier(spark, config, learnable, classes)
 
-        holdout = learnable.where("split = 'holdout'").select("pixels", "label").toPandas()
-        holdout_pixels = _pixels_array(holdout["pixels"], size)
-        holdout_labels = holdout["label"].to_numpy(dtype=int)
-        evaluation = evaluate_classifier(classifier, holdout_pixels, holdout_labels, classes)
-        log.info("classifier holdout accuracy %.3f on %d items", evaluation["accuracy"] or float("nan"), evaluation["holdout_items"])
+        holdout_pixels, holdout_labels, holdout_ids = _holdout_arrays(learnable, size)
+        disputed = {r["item_id"] for r in disputed_labels(spark, config).select("item_id").collect()}
+        audit = {"item_ids": holdout_ids, "disputed": disputed}
+        evaluation = evaluate_classifier(classifier, holdout_pixels, holdout_labels, classes, **audit)
+        evaluation["disputed_labels"] = len(disputed)
+        log.info("classifier holdout accuracy %.3f on %d items; %.3f on the %d whose title does not dispute their label",
+                 evaluation["accuracy"] or float("nan"), evaluation["holdout_items"],
+                 evaluation["title_consistent"]["accuracy"] or float("nan"), evaluation["title_consistent"]["holdout_items"])
         self_training = finetuned.self_training if finetuned else None
         if self_training:
             for number, (teacher, record) in enumerate(zip(finetuned.teachers, self_training["rounds"]), start=1):
-                record["teacher_accuracy"] = evaluate_classifier(teacher, holdout_pixels, holdout_labels, classes)["accuracy"]
+                teacher_evaluation = evaluate_classifier(teacher, holdout_pixels, holdout_labels, classes, **audit)
+                record["teacher_accuracy"] = teacher_evaluation["accuracy"]
+                record["teacher_accuracy_title_consistent"] = teacher_evaluation["title_consistent"]["accuracy"]
                 log.info("self-training round %d: its teacher's holdout accuracy was %.3f", number,
                          record["teacher_accuracy"] or float("nan"))
 
@@ -655,6 +753,7 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         if evaluated_rows["split"].eq("holdout").any() and evaluated_rows["split"].ne("holdout").any():
             quality = embedding_quality(scorer, evaluated_rows, size)
             quality["classifier_accuracy"] = evaluation["accuracy"]
+            quality["classifier_accuracy_title_consistent"] = evaluation["title_consistent"]["accuracy"]
             log.info("embedding holdout: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in quality.items()})
         metrics = {
             "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
