@@ -228,6 +228,11 @@ def test_model_bundle_records_its_metrics(spark, pipeline_run):
     assert matrix.sum() == metrics["classifier"]["holdout_items"] > 0
     assert metrics["classifier"]["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     assert summary["model_version"] == manifest.version
+    # The run's summary gives the accuracy over the undisputed holdout queries too, as recorded.
+    consistent = metrics["classifier"]["title_consistent"]
+    assert summary["classifier_undisputed_accuracy"] == consistent["accuracy"]
+    assert summary["labels_disputed"] == metrics["classifier"]["disputed_labels"]
+    assert consistent["holdout_items"] + len(consistent["disputed"]) == metrics["classifier"]["holdout_items"]
     assert 1 <= len(metrics["training_curves"]["classifier"]["loss"]) <= int(config["train"]["classifier_epochs"])
     json.dumps(metrics)  # the metrics file is plain JSON
 

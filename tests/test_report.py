@@ -23,6 +23,7 @@ from PIL import Image
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from lookalike.model_store import load_metrics
 from lookalike.publish import latest_publication, published_table
 from lookalike.report import (
     DEFAULT_SETTINGS,
@@ -182,6 +183,16 @@ def test_report_renders_in_headless_chromium(spark, history, report_path: Path, 
         driver.save_screenshot(str(tmp_path / "report-full.png"))
     finally:
         driver.quit()
+
+
+def test_model_section_gives_the_accuracy_over_all_and_over_undisputed_labels(spark, history, report: ReportContent):
+    """Both holdout figures are the published model's recorded ones."""
+    classifier = load_metrics(spark, history.full, latest_publication(spark, history.full).model_version)["classifier"]
+    text = " ".join(report.section_text["model"].split())
+    assert f"Holdout accuracy {classifier['accuracy']:.1%}" in text
+    assert (f"does not dispute their label: {classifier['title_consistent']['accuracy']:.1%} "
+            f"({classifier['disputed_labels']} labels of the catalog disputed, "
+            f"{len(classifier['title_consistent']['disputed'])} of them held out") in text
 
 
 def test_sample_grids_are_the_published_lists(spark, history, report: ReportContent):

@@ -103,6 +103,9 @@ def run_pipeline(
         "lists_recomputed": int(figures.get("lists_recomputed", 0)),
         "lists_changed": int(figures.get("lists_changed", 0)),
         "classifier_holdout_accuracy": metrics["classifier"]["accuracy"],
+        # Versions trained before the label audit have neither figure.
+        "classifier_undisputed_accuracy": (metrics["classifier"].get("title_consistent") or {}).get("accuracy"),
+        "labels_disputed": metrics["classifier"].get("disputed_labels"),
         "article_type_precision_at_10": quality["precision"],
         "article_type_precision_at_10_strict": quality["strict_precision"],
         "random_list_precision_at_10": quality["random_baseline"],
@@ -149,7 +152,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"({summary['display_rows_filled']} filled from outside the item's band)",
         f"  clustered             {summary['items_clustered']:>8}   items, k per category by silhouette: {clusters}",
         f"  recommendations       {summary['users_recommended']:>8}   users ({interactions})",
-        f"  classifier accuracy   {pct(summary['classifier_holdout_accuracy']):>8}   (held-out split)",
+        f"  classifier accuracy   {pct(summary['classifier_holdout_accuracy']):>8}   (held-out split; "
+        f"{pct(summary['classifier_undisputed_accuracy'])} over the queries whose title does not dispute their label, "
+        f"{'n/a' if summary['labels_disputed'] is None else summary['labels_disputed']} labels disputed: jobs/labels.py)",
         f"  articleType P@10      {pct(summary['article_type_precision_at_10']):>8}   "
         f"(over {summary['items_evaluated']} labelled items; random list in same partition: "
         f"{pct(summary['random_list_precision_at_10'])}; unlabelled neighbours as misses: "

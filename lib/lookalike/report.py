@@ -374,6 +374,13 @@ def _classifier(spark: SparkSession, config: Mapping[str, Any], model_version: s
         splits = ", ".join(f"{name} {count}" for name, count in sorted((metrics.get("items_per_split") or {}).items()))
         parts.append(f'<p>Holdout accuracy <strong id="holdout-accuracy">{classifier["accuracy"]:.1%}</strong> '
                      f"(items per split: {esc(splits)}).</p>")
+        undisputed = (classifier.get("title_consistent") or {}).get("accuracy")
+        if undisputed is not None:
+            parts.append(f'<p>Over the holdout items whose own title does not dispute their label: '
+                         f'<strong id="undisputed-accuracy">{undisputed:.1%}</strong> '
+                         f'({classifier["disputed_labels"]} labels of the catalog disputed, '
+                         f'{len(classifier["title_consistent"]["disputed"])} of them held out; '
+                         f"<code>jobs/labels.py</code> lists them).</p>")
     per_class = classifier.get("per_class") or {}
     if per_class:
         parts.append(render_table(
