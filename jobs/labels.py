@@ -15,6 +15,13 @@ from lookalike.cli import job_parser, start_job
 from lookalike.training import disputed_labels, reevaluate_classifier
 
 
+def _queries(measured: dict) -> str:
+    """``queries | correct | accuracy`` cells; ``-`` where there were no queries."""
+    if measured["accuracy"] is None:
+        return f"{measured['holdout_items']} | - | -"
+    return f"{measured['holdout_items']} | {round(measured['accuracy'] * measured['holdout_items'])} | {measured['accuracy']:.4f}"
+
+
 def main() -> None:
     parser = job_parser(__doc__)
     parser.add_argument("--evaluate", nargs="+", default=[], metavar="VERSION", help="model versions to measure again")
@@ -33,10 +40,7 @@ def main() -> None:
     for version in args.evaluate:
         evaluation = reevaluate_classifier(spark, config, version)
         consistent = evaluation["title_consistent"]
-        correct = round(evaluation["accuracy"] * evaluation["holdout_items"])
-        consistent_correct = round(consistent["accuracy"] * consistent["holdout_items"])
-        print(f"| {version} | {evaluation['holdout_items']} | {correct} | {evaluation['accuracy']:.4f} | "
-              f"{consistent['holdout_items']} | {consistent_correct} | {consistent['accuracy']:.4f} | "
+        print(f"| {version} | {_queries(evaluation)} | {_queries(consistent)} | "
               f"{', '.join(consistent['disputed']) or '-'} ({consistent['disputed_correct']}) |")
     spark.stop()
 

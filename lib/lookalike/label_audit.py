@@ -9,10 +9,10 @@ from the catalog's own text, never from a model's predictions, so it cannot favo
    and ``flop``): words that name a kind of product, not brands or colours.
 2. A vocabulary word *identifies* a category when at least ``min_items`` labelled titles contain
    it and at least ``min_share`` of them are labelled with that category.
-3. An item's label is *contradicted* when its title contains a word identifying another category
+3. An item's label is *disputed* when its title contains a word identifying another category
    and none identifying its own.
 
-Words are lower-cased, split on anything but letters, and reduced to a singular by two suffix
+Words are lower-cased, split on anything but the letters a-z, and reduced to a singular by two suffix
 rules (``watches`` -> ``watch``, ``flops`` -> ``flop``; ``dress`` stays).
 """
 
@@ -39,7 +39,7 @@ def title_words(text: Column) -> Column:
     Returns
     -------
     Column
-        ``array<string>``: lower-cased runs of letters, singularised, each once.
+        ``array<string>``: lower-cased runs of the letters a-z, singularised, each once.
     """
     words = F.filter(F.split(F.lower(F.coalesce(text, F.lit(""))), "[^a-z]+"), lambda word: word != "")
     return F.array_distinct(F.transform(words, _singular))
