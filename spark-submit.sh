@@ -5,8 +5,9 @@
 #   ./spark-submit.sh --master yarn --deploy-mode client jobs/refresh.py --profile cluster ...
 #
 # --master defaults to local[*]; any other spark-submit option is passed through. Ships the library
-# as a zip (--py-files), the configuration files (--files: a driver in cluster deploy mode finds them
-# in its working directory) and the Delta jars (--jars). --python-env ships a packed Python
+# as a zip named by its content (--py-files, dist/lookalike-<sha256>.zip), the configuration files
+# (--files: a driver in cluster deploy mode finds them in its working directory) and the Delta jars
+# (--jars). --python-env ships a packed Python
 # environment (scripts/pack-env.sh) with --archives, for clusters whose nodes lack the packages.
 # LOOKALIKE_PRINT_COMMAND=1 prints the spark-submit command instead of running it. Runs from the
 # repository root, so relative paths (conf/, storage.root) resolve there. Needs scripts/setup.sh.
@@ -42,8 +43,9 @@ fi
 $master_given || spark_args=(--master "local[*]" "${spark_args[@]}")
 $driver_memory_given || spark_args=(--driver-memory "${LOOKALIKE_DRIVER_MEMORY:-6g}" "${spark_args[@]}")
 
-# Ship the library (and the table schemas) to the executors as one zip.
-.venv/bin/python scripts/package_lib.py --out dist/lookalike.zip
+# Ship the library (and the table schemas) to the executors as one zip, named by its content: a
+# job still running from an earlier zip keeps reading its own file (scripts/package_lib.py).
+library_zip="$(.venv/bin/python scripts/package_lib.py --addressed dist)"
 
 # Executors run the project's interpreter (same path on every node), the shipped environment's, or
 # the one given with --conf spark.pyspark.python=... (e.g. the Python of a Kubernetes image).
@@ -64,7 +66,7 @@ fi
 command=(.venv/bin/spark-submit
   "${spark_args[@]}"
   --jars "$delta_jars"
-  --py-files dist/lookalike.zip
+  --py-files "$library_zip"
   --files "$(ls conf/*.toml | paste -sd, -)"
   --conf "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension"
   --conf "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog"

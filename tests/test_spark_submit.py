@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -34,7 +36,8 @@ def test_submitted_publish_job_creates_and_registers_every_table(tmp_path: Path)
     ]
     for name in (table.name for table in ALL_TABLES):
         assert (store / "tables" / name / "_delta_log" / "00000000000000000000.json").is_file()
-    assert (REPO / "dist" / "lookalike.zip").is_file()
+    shipped = re.search(r"dist/lookalike-[0-9a-f]{16}\.zip", " ".join(submit_command("jobs/publish.py")))
+    assert shipped and (REPO / shipped.group()).is_file()
 
 
 def test_spark_submit_without_a_job_file_explains_usage():
@@ -83,7 +86,8 @@ def test_wrapper_ships_library_configuration_and_jars_to_a_cluster():
     """Against a cluster master: the zip with --py-files, every conf/*.toml with --files, the Delta jars with --jars."""
     command = submit_command("--master", "spark://127.0.0.1:7077", "jobs/refresh.py", "--profile", "cluster")
     assert option_values(command, "--master") == ["spark://127.0.0.1:7077"]
-    assert option_values(command, "--py-files") == ["dist/lookalike.zip"]
+    [library] = option_values(command, "--py-files")
+    assert re.fullmatch(r"dist/lookalike-[0-9a-f]{16}\.zip", library)
     shipped = option_values(command, "--files")[0].split(",")
     assert sorted(shipped) == sorted(f"conf/{p.name}" for p in (REPO / "conf").glob("*.toml"))
     jars = option_values(command, "--jars")[0].split(",")
@@ -145,3 +149,34 @@ def test_library_archive_holds_every_module_of_the_library_and_schemas(tmp_path:
     assert result.returncode == 0, result.stderr[-2000:]
     module_file, tables = result.stdout.split()
     assert module_file == str(out / "lookalike" / "alternatives.py") and int(tables) == len(ALL_TABLES)
+
+
+def _addressed_build(checkout: Path, folder: Path) -> Path:
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "scripts" / "package_lib.py"),
+                             "--addressed", str(folder)], cwd=checkout, capture_output=True, text=True, check=True, timeout=60)
+    return Path(result.stdout.strip())
+
+
+def test_a_running_jobs_library_zip_is_never_rewritten(tmp_path: Path):
+    """The wrapper's zip is named by its content: the same sources give the same file, bytes unchanged;
+    edited sources a new file, and the earlier one (a running job's) stays as it was. Stale zips go."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "lib" / "lookalike", checkout / "lib" / "lookalike", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "schemas", checkout / "schemas", ignore=shutil.ignore_patterns("__pycache__"))
+    folder = tmp_path / "dist"
+    first = _addressed_build(checkout, folder)
+    assert re.fullmatch(r"lookalike-[0-9a-f]{16}\.zip", first.name)
+    running = first.read_bytes()
+    inode = first.stat().st_ino
+    assert _addressed_build(checkout, folder) == first and first.stat().st_ino == inode
+    with open(checkout / "lib" / "lookalike" / "cli.py", "a", encoding="utf-8") as edited:
+        edited.write("\n# an edit after the first job started\n")
+    second = _addressed_build(checkout, folder)
+    assert second != first and second.is_file()
+    assert first.read_bytes() == running
+    assert sorted(p.name for p in folder.iterdir()) == sorted([first.name, second.name])  # no partial files left
+    # A zip unused for more than a week is removed by the next build; the one in use is kept.
+    week_ago = first.stat().st_mtime - 8 * 86400
+    os.utime(first, (week_ago, week_ago))
+    assert _addressed_build(checkout, folder) == second
+    assert sorted(p.name for p in folder.iterdir()) == [second.name]
