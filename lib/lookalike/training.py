@@ -19,7 +19,7 @@ from pyspark.sql.functions import pandas_udf
 from lookalike.holdout import SPLIT_RULE, retrieval_metrics, split_column
 from lookalike.images import ImageDecodeError, decode_image
 from lookalike.label_audit import title_label_conflicts
-from lookalike.model_store import ModelManifest, save_bundle
+from lookalike.model_store import ModelManifest, load_manifest, load_scorer_from_bytes, read_scorer_bytes, save_bundle
 from lookalike.tables import has_scheme, read_table, storage_root
 from schemas import CATALOG, IMAGES
 
@@ -299,8 +299,6 @@ def reevaluate_classifier(spark: SparkSession, config: Mapping[str, Any], versio
         :func:`evaluate_classifier` over the holdout queries of the version's classes, with
         ``title_consistent``, and ``disputed_labels`` (catalog-wide).
     """
-    from lookalike.model_store import load_manifest, load_scorer_from_bytes, read_scorer_bytes
-
     manifest = load_manifest(spark, config, version)
     scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
     frame = training_frame(spark, {**config, "model": {**config["model"], "image_size": manifest.image_size}})
