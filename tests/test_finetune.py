@@ -31,7 +31,10 @@ PSEUDO_LABELLED = 30  # of the subset's 50 unlabelled photos
 @pytest.fixture(scope="module")
 def finetuned(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactory):
     """One fine-tuning run (one epoch, 64 px, then two rounds of one epoch of self-training) on the ~200 real photos of the test subset."""
-    work = tmp_path_factory.mktemp("finetune")
+    return _ingest_and_train(spark, photo_subset, tmp_path_factory.mktemp("finetune"))
+
+
+def _ingest_and_train(spark, photo_subset: Path, work: Path, *overrides: str):
     config = load_config(
         "test",
         [
@@ -40,6 +43,7 @@ def finetuned(spark, photo_subset: Path, tmp_path_factory: pytest.TempPathFactor
             "train.min_article_type_count=3", "train.self_training_rounds=2", "train.self_training_epochs=1",
             "train.pseudo_label_threshold=0.0",
             f"train.max_pseudo_label_items={PSEUDO_LABELLED}",
+            *overrides,
         ],
         conf_dir=REPO / "conf",
     )
@@ -203,3 +207,24 @@ def test_the_evaluation_command_reproduces_the_recorded_evaluation(finetuned, ph
     (other / "metrics.json").write_text(json.dumps(changed), encoding="utf-8")
     with pytest.raises(SystemExit, match="not trained with this holdout"):
         command.embed_bundle(items, other, batch_size=16)
+
+
+def test_the_same_catalog_config_and_seed_train_the_same_network(spark, finetuned, photo_subset: Path, tmp_path: Path):
+    """A second run in a new store (its own Delta tables and Petastorm files) trains teacher, two
+    students and the bundle's network to the same weights, bit for bit (``train.reproducible``)."""
+    config, manifest, metrics, _ = finetuned
+    assert config["train"]["reproducible"] is True
+    config_again, manifest_again, metrics_again, _ = _ingest_and_train(spark, photo_subset, tmp_path)
+
+    first = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest)).get_weights()
+    again = load_scorer_from_bytes(read_scorer_bytes(spark, config_again, manifest_again)).get_weights()
+    assert len(first) == len(again)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert metrics_again["training_curves"] == metrics["training_curves"]
+    assert metrics_again["self_training"] == metrics["self_training"]
+    assert metrics_again["classifier"] == metrics["classifier"]
+    timing = {"embed_images_per_s"}
+    assert {k: v for k, v in metrics_again["evaluation"].items() if k not in timing} == {
+        k: v for k, v in metrics["evaluation"].items() if k not in timing
+    }
+    assert manifest_again.version != manifest.version

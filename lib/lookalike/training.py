@@ -92,6 +92,31 @@ def choose_classes(labelled: DataFrame, *, min_count: int) -> list[str]:
     return classes
 
 
+def reader_options(config: Mapping[str, Any]) -> dict[str, int | None]:
+    """Petastorm reader arguments: seeded and single-threaded when ``train.reproducible`` is set.
+
+    Petastorm shuffles its row groups with an unseeded generator, and with several reader threads
+    the order they are handed over in can change at the start of each pass, so two runs of the same
+    job fed the network different batches. One thread reading row groups in an order drawn from
+    ``model.seed`` (from a sorted file list) makes the batches, and with them the trained weights,
+    the same in every run; TensorFlow's CPU kernels and the seeded augmentation already are.
+
+    Parameters
+    ----------
+    config : mapping
+        ``train.reproducible``, ``train.petastorm_workers`` and ``model.seed``.
+
+    Returns
+    -------
+    dict
+        ``workers_count`` and ``seed`` for ``make_tf_dataset``.
+    """
+    if bool(config["train"]["reproducible"]):
+        # Petastorm takes a seed of 0 for none.
+        return {"workers_count": 1, "seed": int(config["model"]["seed"]) + 1}
+    return {"workers_count": int(config["train"]["petastorm_workers"]), "seed": None}
+
+
 @contextmanager
 def petastorm_dataset(
     spark: SparkSession,
@@ -111,7 +136,8 @@ def petastorm_dataset(
     ----------
     shuffle : bool
         For training: the rows in a random order (fixed by ``model.seed``), and Petastorm's row
-        groups and shuffling queue on top of it each epoch.
+        groups and shuffling queue on top of it each epoch (seeded too with ``train.reproducible``;
+        see ``reader_options``).
     targets : mapping, optional
         For a model with named outputs: output name -> (target column, sample-weight column).
         Batches are then ``(pixels, {output: target}, {output: weight})``.
@@ -154,15 +180,17 @@ def petastorm_dataset(
         # runs (labelled rows in other files than pseudo-labelled ones; items by id, which run in
         # categories) would make batches of one kind. A random order first makes every batch a sample.
         rows = rows.orderBy(F.rand(int(config["model"]["seed"])))
+    options = reader_options(config)
     converter = make_spark_converter(rows)
+    # Spark lists the converter's files in no fixed order, and the reader's seeded order is of that list.
+    converter.file_urls = sorted(converter.file_urls)
     try:
         with converter.make_tf_dataset(
-            batch_size=batch_size,
-            num_epochs=epochs,
-            workers_count=int(config["train"]["petastorm_workers"]),
-            shuffling_queue_capacity=4 * batch_size if shuffle else 0,
-            transform_spec=spec,
+            batch_size=batch_size, num_epochs=epochs, shuffling_queue_capacity=0, transform_spec=spec, **options
         ) as dataset:
+            if shuffle:
+                # Petastorm's own queue would draw from TensorFlow's global seed: this one draws from the reader's.
+                dataset = dataset.unbatch().shuffle(4 * batch_size, seed=options["seed"]).batch(batch_size)
             if targets:
                 dataset = dataset.map(
                     lambda row: (
