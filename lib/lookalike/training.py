@@ -472,10 +472,10 @@ def _fit_lite0(
     if bool(train_conf["finetune_train_on_validation"]):
         rows = rows.withColumn("split", F.when(F.col("split") == "validation", "train").otherwise(F.col("split")))
     weighted = _with_target_weights(rows, num_classes, num_article_types, str(train_conf["finetune_class_weights"]))
-    trainer, classifier = models.build_lite_finetune(
+    trainer, classifier = models.build_lite0_finetune(
         num_classes=num_classes, num_article_types=num_article_types, image_size=int(model_conf["image_size"]),
         embedding_dim=int(model_conf["embedding_dim"]), train_from_block=int(train_conf["finetune_from_block"]),
-        seed=int(model_conf["seed"]), backbone=str(model_conf["backbone"]),
+        seed=int(model_conf["seed"]),
     )
     batch_size = int(train_conf["finetune_batch_size"])
     targets = {"category": ("category_target", "category_weight"), "article_type": ("type_target", "type_weight")}
@@ -525,7 +525,7 @@ def pseudo_labels(
     Parameters
     ----------
     teacher : keras.Model
-        A trainer of :func:`lookalike.models.build_lite_finetune`.
+        A trainer of :func:`lookalike.models.build_lite0_finetune`.
     unlabelled : DataFrame
         ``item_id`` and ``pixels``.
     threshold : float
@@ -690,21 +690,17 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     Raises
     ------
     ValueError
-        If ``model.embedding`` is not one of ``EMBEDDINGS``, ``model.backbone`` not one of
-        ``lookalike.pretrained.VARIANTS``, ``train.finetune_class_weights`` not one
+        If ``model.embedding`` is not one of ``EMBEDDINGS``, ``train.finetune_class_weights`` not one
         of ``CLASS_WEIGHTINGS``, or early stopping is asked for with the validation items training too.
     """
     import keras
 
     from lookalike import models
-    from lookalike.pretrained import VARIANTS
 
     model_conf, train_conf = config["model"], config["train"]
     embedding = str(model_conf["embedding"])
     if embedding not in EMBEDDINGS:
         raise ValueError(f"model.embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
-    if embedding == "lite0_finetuned" and str(model_conf["backbone"]) not in VARIANTS:
-        raise ValueError(f"model.backbone must be one of {', '.join(VARIANTS)}, not {model_conf['backbone']!r}")
     if str(train_conf["finetune_class_weights"]) not in CLASS_WEIGHTINGS:
         raise ValueError(f"train.finetune_class_weights must be one of {', '.join(CLASS_WEIGHTINGS)}, "
                          f"not {train_conf['finetune_class_weights']!r}")
