@@ -1,6 +1,11 @@
 """List the model store's versions with their holdout figures; mark the latest, the best and the selected one.
 
     ./spark-submit.sh jobs/models.py [--set model.version=latest]
+    ./spark-submit.sh jobs/models.py --compare VERSION VERSION
+
+With ``--compare``, whether two versions are the same model instead: their scorers' weights bit
+for bit and their metrics apart from timings (``lookalike.model_store.compare_bundles``). Two
+runs of the train job with the same catalog, settings and ``model.seed`` give the same model.
 
 "undisputed labels" is the classifier's accuracy over the holdout queries whose own title does not
 dispute their label (``jobs/labels.py``); "-" for versions trained before the label audit.
@@ -12,7 +17,9 @@ default, see docs/MODELS.md).
 from __future__ import annotations
 
 from lookalike.cli import job_parser, start_job
-from lookalike.model_store import model_root, registry
+from lookalike.model_store import (
+    compare_bundles, load_manifest, load_metrics, load_scorer_from_bytes, model_root, read_scorer_bytes, registry,
+)
 
 
 _FIGURES = ("classifier_accuracy", "classifier_accuracy_title_consistent", "subcat_1nn", "at_p10", "at_p10_in_subcat")
@@ -23,9 +30,27 @@ def _figure(evaluation: dict | None, key: str) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _compare(spark, config: dict, first: str, second: str) -> None:
+    bundles = []
+    for version in (first, second):
+        manifest = load_manifest(spark, config, version)
+        bundles += [load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest)), load_metrics(spark, config, version)]
+    result = compare_bundles(*bundles)
+    same = result["weights_equal"] and not result["differing_metrics"]
+    print(f"{first} and {second}: {'the same model' if same else 'different models'}")
+    print(f"weights: {result['differing_arrays']} of {result['weight_arrays']} arrays differ")
+    print(f"metrics that differ (timings left out): {', '.join(result['differing_metrics']) or 'none'}")
+
+
 def main() -> None:
-    args = job_parser(__doc__).parse_args()
+    parser = job_parser(__doc__)
+    parser.add_argument("--compare", nargs=2, metavar="VERSION", help="two versions (best, latest or names) to compare")
+    args = parser.parse_args()
     spark, config, _ = start_job("models", args)
+    if args.compare:
+        _compare(spark, config, *args.compare)
+        spark.stop()
+        return
     rows = registry(spark, config)
     if not rows:
         print(f"no trained model in {model_root(config)}: run the train job first")

@@ -260,3 +260,47 @@ def load_scorer_from_bytes(content: bytes) -> Any:
         path = Path(folder) / SCORER_FILE
         path.write_bytes(content)
         return keras.models.load_model(path, safe_mode=True, compile=False)
+
+
+# Figures that measure the machine a version was trained on, not the version.
+TIMING_FIGURES = frozenset({"embed_images_per_s"})
+
+
+def compare_bundles(
+    first_scorer: Any, first_metrics: Mapping[str, Any], second_scorer: Any, second_metrics: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Whether two trained bundles are the same model: their weights bit for bit, their metrics apart from timings.
+
+    Two runs of the train job with the same catalog, settings and ``model.seed`` should give the
+    same model (``train.reproducible``); their scorer files still differ, by the save date Keras
+    writes into them, so the weights are compared.
+
+    Parameters
+    ----------
+    first_scorer, second_scorer : keras.Model
+        Loaded scorers (:func:`load_scorer_from_bytes`).
+    first_metrics, second_metrics : mapping
+        Their ``metrics.json`` (:func:`load_metrics`).
+
+    Returns
+    -------
+    dict
+        ``weight_arrays`` (of the first), ``differing_arrays`` (count; every array when the layouts
+        differ), ``weights_equal``, and ``differing_metrics``: the top-level metrics keys whose values
+        differ, figures in :data:`TIMING_FIGURES` left out.
+    """
+    import numpy as np
+
+    first, second = first_scorer.get_weights(), second_scorer.get_weights()
+    same_layout = [a.shape for a in first] == [b.shape for b in second]
+    differing = sum(not np.array_equal(a, b) for a, b in zip(first, second)) if same_layout else max(len(first), len(second))
+
+    def without_timings(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: without_timings(v) for k, v in value.items() if k not in TIMING_FIGURES}
+        return value
+
+    keys = sorted(set(first_metrics) | set(second_metrics))
+    differing_metrics = [k for k in keys if without_timings(first_metrics.get(k)) != without_timings(second_metrics.get(k))]
+    return {"weight_arrays": len(first), "differing_arrays": differing, "weights_equal": same_layout and differing == 0,
+            "differing_metrics": differing_metrics}
