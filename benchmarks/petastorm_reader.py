@@ -29,15 +29,15 @@ from lookalike.training import petastorm_dataset
 
 
 def read_once(spark, config: dict, rows) -> tuple[float, list[int]]:
-    """Rows per second of one pass over ``rows``, and the order the row keys came in."""
+    """Rows per second of an epoch's worth of ``rows``, and the order the row keys came in."""
     batch_size = int(config["train"]["finetune_batch_size"])
-    with petastorm_dataset(spark, config, rows, with_labels=False, shuffle=True, epochs=1, ids="row",
+    # Endless, as training reads (a finite read is always one thread).
+    with petastorm_dataset(spark, config, rows, with_labels=False, shuffle=True, ids="row",
                            batch_size=batch_size) as (dataset, count):
         start = time.perf_counter()
-        order = [int(key) for _, keys in dataset for key in keys.numpy()]
+        order = [int(key) for _, keys in dataset.take(count // batch_size) for key in keys.numpy()]
         seconds = time.perf_counter() - start
-    assert sorted(order) == list(range(count)), "every row once"
-    return count / seconds, order
+    return len(order) / seconds, order
 
 
 def main() -> None:

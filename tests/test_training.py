@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -200,6 +201,38 @@ def test_training_batches_mix_classes_stored_in_runs(spark, make_config):
     # in their stored order through Petastorm's queue of 4 batches held 5.7 on average.
     distinct = [len(set(labels.tolist())) for labels in batches if len(labels) == batch]
     assert np.mean(distinct) >= 6.5, distinct
+
+
+def test_a_finite_read_gives_every_row_once_however_the_reader_threads_interleave(spark, make_config, monkeypatch):
+    """Petastorm 0.13.1's thread pool could end a one-pass read early, the last row groups unread.
+
+    It asks whether its workers are idle, then whether its ventilator has handed out every row
+    group; row groups handed out between the two questions were never read. A pause between the
+    questions makes that interleaving happen every time the reader catches up with its workers.
+    """
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    asked_idle = ThreadPool.all_workers_done
+
+    def idle_then_pause(pool: ThreadPool) -> bool:
+        idle = asked_idle(pool)
+        if idle:
+            time.sleep(0.05)
+        return idle
+
+    monkeypatch.setattr(ThreadPool, "all_workers_done", idle_then_pause)
+    # Tiny photos, so that the workers outrun the ventilator; eight row groups, more than it hands out at once.
+    pixels = np.zeros((4, 4, 3), np.uint8).tobytes()
+    stored = spark.createDataFrame([(pixels, f"item-{i:03d}") for i in range(256)], "pixels binary, item_id string").repartition(8)
+
+    def read(*overrides: str) -> tuple[list[str], int]:
+        with petastorm_dataset(spark, make_config("model.image_size=4", *overrides), stored, with_labels=False,
+                               shuffle=False, epochs=1, ids="item_id", batch_size=16) as (dataset, count):
+            return [key.decode() for _, keys in dataset for key in keys.numpy()], count
+
+    reads = [read(*overrides) for overrides in [(), ("train.reproducible=false",)]]
+    everything = [f"item-{i:03d}" for i in range(256)]
+    assert [(sorted(keys), count) for keys, count in reads] == [(everything, 256)] * len(reads)
 
 
 def test_a_reproducible_reader_gives_the_same_batches_for_the_same_seed(spark, make_config):
