@@ -71,13 +71,16 @@ def test_the_bundle_scores_with_the_finetuned_network(spark, finetuned, photo_su
 
 
 def test_only_the_later_blocks_were_trained(spark, finetuned):
-    """Blocks before finetune_from_block keep the ImageNet weights exactly; the trained ones moved."""
+    """Blocks before finetune_from_block keep the ImageNet weights (converted into the store) exactly; the trained ones moved."""
+    from lookalike.model_store import pretrained_lite0
     from lookalike.pretrained import load_pretrained_lite0
 
-    config, manifest, *_ = finetuned
+    config, manifest, metrics, _ = finetuned
+    imagenet, source = pretrained_lite0(spark, config)
+    assert metrics["pretrained"] == source  # the version records which conversion it started from
     scorer = load_scorer_from_bytes(read_scorer_bytes(spark, config, manifest))
     backbone = next(layer for layer in scorer._flatten_layers() if layer.name == "efficientnet_lite0_features")
-    pretrained = load_pretrained_lite0(include_top=False, image_size=SIZE)
+    pretrained = load_pretrained_lite0(include_top=False, image_size=SIZE, converted=imagenet)
     frozen, moved = [], []
     for layer in pretrained.layers:
         if not layer.weights:

@@ -80,3 +80,6 @@ def test_lite0_embedder_gives_the_pretrained_features_and_survives_a_save(tmp_pa
     path = tmp_path / "lite0.keras"
     embedder.save(path)
     assert np.allclose(keras.models.load_model(path).predict(pixels, verbose=0), features, atol=1e-5)
+    # From the 224 px ImageNet classifier converted before (as the model store keeps it): the same network.
+    from_converted = models.build_lite0_embedder(image_size=size, imagenet=pretrained.load_pretrained_lite0())
+    assert all(np.array_equal(a, b) for a, b in zip(from_converted.get_weights(), embedder.get_weights(), strict=True))

