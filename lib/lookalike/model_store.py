@@ -91,13 +91,28 @@ def save_bundle(
         )
         (folder / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2), encoding="utf-8")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        # A bundle appears whole or not at all: upload under a hidden name, rename it into place, then move LATEST.
-        staging = f"{root}/.staging-{uuid.uuid4().hex}"
-        hadoop_fs.make_folders(spark, root)
-        hadoop_fs.upload_folder(spark, str(folder), staging)
-    hadoop_fs.rename(spark, staging, f"{root}/{version}")
+        _upload_whole(spark, str(folder), root, f"{root}/{version}")
+    # LATEST moves only once the bundle is in place.
     hadoop_fs.write_bytes_atomically(spark, f"{root}/LATEST", (version + "\n").encode("utf-8"))
     return manifest
+
+
+def _upload_whole(spark: SparkSession, local: str, root: str, target: str) -> None:
+    """Upload a local folder to ``target`` whole or not at all: under a hidden name in ``root``, then renamed.
+
+    Raises
+    ------
+    FileExistsError
+        If ``target`` exists (the uploaded copy is deleted).
+    """
+    staging = f"{root}/.staging-{uuid.uuid4().hex}"
+    hadoop_fs.make_folders(spark, target.rsplit("/", 1)[0])
+    hadoop_fs.upload_folder(spark, local, staging)
+    try:
+        hadoop_fs.rename(spark, staging, target)
+    except FileExistsError:
+        hadoop_fs.delete(spark, staging)
+        raise
 
 
 def file_sha256(path: Path) -> str:
@@ -352,14 +367,10 @@ def pretrained_lite0(spark: SparkSession, config: Mapping[str, Any]) -> tuple[An
             load_pretrained_lite0(include_top=True).save(path)
             record = {**source, "model_sha256": file_sha256(path), "converted_at": datetime.now(timezone.utc).isoformat()}
             (Path(local) / "source.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-            # Whole or not at all, as a bundle; a job that converted at the same time keeps the first.
-            staging = f"{model_root(config)}/.staging-{uuid.uuid4().hex}"
-            hadoop_fs.make_folders(spark, f"{model_root(config)}/{PRETRAINED_FOLDER}")
-            hadoop_fs.upload_folder(spark, local, staging)
-        try:
-            hadoop_fs.rename(spark, staging, folder)
-        except FileExistsError:
-            hadoop_fs.delete(spark, staging)
+            try:
+                _upload_whole(spark, local, model_root(config), folder)
+            except FileExistsError:
+                pass  # a job that converted at the same time stored it first
     record = _read_json(spark, f"{folder}/source.json")
     if record["checkpoint_sha256"] != source["checkpoint_sha256"]:
         raise ValueError(f"{folder} was converted from another checkpoint than the installed {checkpoint.name}")
