@@ -2,6 +2,11 @@
 
     ./spark-submit.sh jobs/models.py [--set model.version=latest]
     ./spark-submit.sh jobs/models.py --compare VERSION VERSION
+    ./spark-submit.sh jobs/models.py --seeds
+
+With ``--seeds``, the versions grouped by how they were trained apart from ``model.seed``, and
+each figure's mean, standard deviation and range over a group's versions
+(``lookalike.model_store.seed_groups``): one seed is one draw, a setting is judged over several.
 
 With ``--compare``, whether two versions are the same model instead: their scorers' weights bit
 for bit and their metrics apart from timings (``lookalike.model_store.compare_bundles``). Two
@@ -18,7 +23,8 @@ from __future__ import annotations
 
 from lookalike.cli import job_parser, start_job
 from lookalike.model_store import (
-    compare_bundles, load_manifest, load_metrics, load_scorer_from_bytes, model_root, read_scorer_bytes, registry,
+    compare_bundles, differing_settings, load_manifest, load_metrics, load_scorer_from_bytes, model_root, read_scorer_bytes, registry,
+    seed_groups,
 )
 
 
@@ -42,9 +48,35 @@ def _compare(spark, config: dict, first: str, second: str) -> None:
     print(f"metrics that differ (timings left out): {', '.join(result['differing_metrics']) or 'none'}")
 
 
+def _spread(summary: dict | None) -> str:
+    if summary is None:
+        return "-"
+    sd = "" if summary["sd"] is None else f" ± {summary['sd']:.4f}"
+    return f"{summary['mean']:.4f}{sd} ({summary['min']:.3f}-{summary['max']:.3f})"
+
+
+def _print_seed_groups(rows: list[dict]) -> None:
+    groups = seed_groups(rows, _FIGURES)
+    if not groups:
+        print("no version records its settings and an evaluation: train one with the train job")
+        return
+    differing = differing_settings(groups)
+    print(f"{len(groups)} group(s) of versions trained alike apart from model.seed"
+          + (f"; they differ in {', '.join(differing)}" if differing else ""))
+    print("| group | versions | seeds | " + " | ".join(_FIGURES) + " |")
+    print("|---|---:|---|" + "---:|" * len(_FIGURES))
+    for number, group in enumerate(groups, 1):
+        told_apart = ", ".join(f"{key}={group['settings'].get(key)}" for key in differing)
+        name = f"{number}" + (f" ({told_apart})" if told_apart else "")
+        spreads = " | ".join(_spread(group["figures"].get(key)) for key in _FIGURES)
+        print(f"| {name} | {len(group['versions'])} | {', '.join(map(str, group['seeds']))} | {spreads} |")
+    print("each figure: mean ± sample standard deviation (min-max) over the group's versions")
+
+
 def main() -> None:
     parser = job_parser(__doc__)
     parser.add_argument("--compare", nargs=2, metavar="VERSION", help="two versions (best, latest or names) to compare")
+    parser.add_argument("--seeds", action="store_true", help="each figure's mean and spread over versions trained alike")
     args = parser.parse_args()
     spark, config, _ = start_job("models", args)
     if args.compare:
@@ -52,7 +84,9 @@ def main() -> None:
         spark.stop()
         return
     rows = registry(spark, config)
-    if not rows:
+    if args.seeds:
+        _print_seed_groups(rows)
+    elif not rows:
         print(f"no trained model in {model_root(config)}: run the train job first")
     else:
         print("| version | embedding | px | dim | classes | classifier acc. | undisputed labels | 1-NN acc. | P@10 "

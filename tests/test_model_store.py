@@ -13,6 +13,7 @@ import pytest
 
 from lookalike.model_store import (
     SCORER_FILE,
+    differing_settings,
     load_manifest,
     load_metrics,
     load_scorer_from_bytes,
@@ -21,6 +22,7 @@ from lookalike.model_store import (
     registry,
     resolve_version,
     save_bundle,
+    seed_groups,
 )
 
 keras = pytest.importorskip("keras")
@@ -130,6 +132,65 @@ def test_best_is_the_version_with_the_best_holdout_evaluation(spark, make_config
     assert flags[newest.version] == {"latest", "selected"} and flags[saved["tie_newer"].version] == {"best"}
     assert sum(map(len, flags.values())) == 3
     assert listed[2]["evaluation"]["at_p10"] == 0.72 and listed[0]["evaluation"] is None
+
+
+def trained_with(seed: int, class_weights: str, *figures: tuple[str, float], splits: dict | None = None) -> dict:
+    """The metrics a train job records: its settings, split sizes and holdout figures."""
+    return {
+        "settings": {"model": {"seed": seed, "version": "best", "image_size": 224},
+                     "train": {"finetune_class_weights": class_weights}},
+        "items_per_split": splits or {"train": 1650, "validation": 242, "holdout": 497},
+        "evaluation": dict(figures),
+    }
+
+
+def test_seed_groups_summarise_versions_trained_alike_apart_from_the_seed():
+    """Versions equal in all settings but the seed (and the version runs use) are one group, with each figure's spread."""
+    rows = [
+        {"version": "v1", **trained_with(7, "none", ("classifier_accuracy", 0.5), ("at_p10", 0.25))},
+        {"version": "v2", **trained_with(8, "inverse", ("classifier_accuracy", 0.625))},
+        {"version": "v3", **trained_with(9, "none", ("classifier_accuracy", 0.75), ("at_p10", 0.5))},
+        {"version": "v4", "settings": None, "items_per_split": None, "evaluation": {"classifier_accuracy": 1.0}},
+        {"version": "v5", **trained_with(10, "none", ("classifier_accuracy", 1.0), ("at_p10", None))},
+        {"version": "v6", **trained_with(11, "none", ("classifier_accuracy", 0.0), splits={"train": 10, "holdout": 3})},
+        {"version": "v7", **trained_with(12, "none"), "evaluation": None},
+    ]
+    groups = seed_groups(rows, ["classifier_accuracy", "at_p10", "subcat_1nn"])
+    same_settings = {"model.image_size": 224, "train.finetune_class_weights": "none"}
+    assert groups == [
+        {
+            "versions": ["v1", "v3", "v5"], "seeds": [7, 9, 10], "settings": same_settings,
+            "figures": {
+                "classifier_accuracy": {"n": 3, "mean": 0.75, "sd": 0.25, "min": 0.5, "max": 1.0},
+                "at_p10": {"n": 2, "mean": 0.375, "sd": pytest.approx(0.1767767), "min": 0.25, "max": 0.5},
+            },
+        },
+        {
+            "versions": ["v2"], "seeds": [8], "settings": {**same_settings, "train.finetune_class_weights": "inverse"},
+            "figures": {"classifier_accuracy": {"n": 1, "mean": 0.625, "sd": None, "min": 0.625, "max": 0.625}},
+        },
+        {  # the same settings on another catalog
+            "versions": ["v6"], "seeds": [11], "settings": same_settings,
+            "figures": {"classifier_accuracy": {"n": 1, "mean": 0.0, "sd": None, "min": 0.0, "max": 0.0}},
+        },
+    ]
+    assert differing_settings(groups) == ["train.finetune_class_weights"]
+    assert differing_settings(groups[:1]) == [] and seed_groups([], ["at_p10"]) == []
+
+
+def test_registry_rows_carry_the_settings_that_group_versions_by_seed(spark, config):
+    """The registry reads back each version's recorded settings and split sizes, and versions group by them."""
+    for seed, weights, accuracy in [(7, "none", 0.5), (8, "none", 1.0), (9, "inverse", 0.25)]:
+        metrics = trained_with(seed, weights, ("classifier_accuracy", accuracy))
+        save_bundle(spark, config, tiny_scorer(seed), classes=CLASSES, embedding="classifier", metrics=metrics)
+        time.sleep(1.1)  # versions are stamped to the second
+    older = save_bundle(spark, config, tiny_scorer(10), classes=CLASSES, embedding="classifier", metrics={"evaluation": None})
+    rows = registry(spark, config)
+    assert [row["settings"] and row["settings"]["model"]["seed"] for row in rows] == [7, 8, 9, None]
+    assert rows[-1]["version"] == older.version and rows[-1]["items_per_split"] is None
+    assert rows[0]["items_per_split"] == {"train": 1650, "validation": 242, "holdout": 497}
+    groups = seed_groups(rows, ["classifier_accuracy"])
+    assert [(g["seeds"], g["figures"]["classifier_accuracy"]["mean"]) for g in groups] == [([7, 8], 0.75), ([9], 0.25)]
 
 
 def test_no_model_yet_raises(spark, config):

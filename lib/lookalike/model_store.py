@@ -19,7 +19,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from statistics import mean, stdev
+from typing import Any, Mapping, Sequence
 
 from pyspark.sql import SparkSession
 
@@ -164,8 +165,10 @@ def registry(spark: SparkSession, config: Mapping[str, Any]) -> list[dict[str, A
     -------
     list of dict
         ``version``, ``embedding``, ``image_size``, ``embedding_dim``, ``classes``, the
-        ``evaluation`` metrics (None for bundles saved before evaluations), and ``latest``,
-        ``best`` and ``selected`` (the one ``model.version`` resolves to) flags.
+        ``evaluation`` metrics (None for bundles saved before evaluations), the ``settings`` it
+        was trained with and its ``items_per_split`` (None for bundles saved before they were
+        recorded), and ``latest``, ``best`` and ``selected`` (the one ``model.version`` resolves
+        to) flags.
     """
     root = model_root(config)
     versions = list_versions(spark, config)
@@ -176,13 +179,79 @@ def registry(spark: SparkSession, config: Mapping[str, Any]) -> list[dict[str, A
     rows = []
     for version in versions:
         manifest = ModelManifest(**_read_json(spark, f"{root}/{version}/manifest.json"))
+        metrics = _read_json(spark, f"{root}/{version}/metrics.json")
         rows.append({
             "version": version, "embedding": manifest.embedding, "image_size": manifest.image_size,
             "embedding_dim": manifest.embedding_dim, "classes": len(manifest.classes),
-            "evaluation": _read_json(spark, f"{root}/{version}/metrics.json").get("evaluation"),
+            "evaluation": metrics.get("evaluation"), "settings": metrics.get("settings"),
+            "items_per_split": metrics.get("items_per_split"),
             "latest": version == latest, "best": version == best, "selected": version == selected,
         })
     return rows
+
+
+# Settings that do not change how a version is trained, only which draw it is or which version runs use.
+SEED_SETTINGS = frozenset({("model", "seed"), ("model", "version")})
+
+
+def seed_groups(rows: Sequence[Mapping[str, Any]], figures: Sequence[str]) -> list[dict[str, Any]]:
+    """Versions trained alike apart from ``model.seed``, each figure's mean and spread over them.
+
+    One seed is one draw of the training: a setting is judged by the mean over several, never by
+    one version. Versions are alike when their recorded settings are equal apart from
+    ``SEED_SETTINGS`` and they trained on the same split sizes (the same catalog, as far as the
+    bundle records it). Each version counts once, so two versions of one seed (a rerun) count twice.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        :func:`registry` rows. Versions without recorded settings or without an evaluation are
+        left out.
+    figures : sequence of str
+        ``evaluation`` keys to summarise; a version that lacks one is left out of that figure.
+
+    Returns
+    -------
+    list of dict
+        A group per set of settings, in the order of their first version: ``versions``,
+        ``seeds``, ``settings`` (``"section.key"`` -> value, seed and version left out), and
+        ``figures``: key -> ``{"n", "mean", "sd", "min", "max"}`` (``sd`` the sample standard
+        deviation, None for one version; the figure absent when no version has it).
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        settings, evaluation = row.get("settings"), row.get("evaluation")
+        if not settings or not evaluation:
+            continue
+        flat = {
+            f"{section}.{key}": value
+            for section, values in settings.items() for key, value in values.items()
+            if (section, key) not in SEED_SETTINGS
+        }
+        identity = json.dumps([flat, row.get("items_per_split")], sort_keys=True, default=str)
+        group = groups.setdefault(identity, {"versions": [], "seeds": [], "settings": flat, "values": {}})
+        group["versions"].append(row["version"])
+        group["seeds"].append(settings.get("model", {}).get("seed"))
+        for name in figures:
+            if evaluation.get(name) is not None:
+                group["values"].setdefault(name, []).append(float(evaluation[name]))
+    summaries = []
+    for group in groups.values():
+        values = group.pop("values")
+        group["figures"] = {
+            name: {
+                "n": len(v), "mean": mean(v), "sd": stdev(v) if len(v) > 1 else None, "min": min(v), "max": max(v),
+            }
+            for name, v in values.items()
+        }
+        summaries.append(group)
+    return summaries
+
+
+def differing_settings(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``"section.key"`` settings whose values tell :func:`seed_groups` groups apart, sorted."""
+    keys = sorted({key for group in groups for key in group["settings"]})
+    return [key for key in keys if len({json.dumps(group["settings"].get(key), default=str) for group in groups}) > 1]
 
 
 def resolve_version(spark: SparkSession, config: Mapping[str, Any], version: str | None = None) -> str:
