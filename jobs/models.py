@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from lookalike.cli import job_parser, start_job
 from lookalike.model_store import (
-    compare_bundles, differing_settings, load_manifest, load_metrics, load_scorer_from_bytes, model_root, read_scorer_bytes, registry,
-    seed_groups,
+    compare_bundles, differing_settings, load_manifest, load_metrics, load_scorer_from_bytes, model_root,
+    read_scorer_bytes, registry, seed_groups,
 )
 
 
